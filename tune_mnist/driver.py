@@ -1,0 +1,161 @@
+"""The one Ray Tune driver: connect to Ray, run a Tuner (or restore it), collect one row per trial.
+
+Trials are plain functions of `config` (Ray Tune's own style). `train_in_trial` is the body most of
+them share: pick the device Ray gave the trial, resume from the trial's last epoch checkpoint, train,
+and report every epoch with a checkpoint holding the weights and the optimizer.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+import torch
+from ray import tune
+from ray.tune.logger import TBXLoggerCallback
+
+# Forced snapshots after each checkpoint are what make resume lose nothing; the warning about them is noise.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+RAY_COLUMNS = {"timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "date", "time_this_iter_s",
+               "pid", "time_since_restore", "iterations_since_restore", "experiment_tag", "config"}
+
+from tune_mnist import models
+from tune_mnist.data import Mnist, to_device
+from tune_mnist.errors import UserError
+from tune_mnist.train import TrainConfig, fit, make_optimizer
+
+
+class Progress(tune.Callback):
+    """One line per finished or failed trial, instead of Ray's full tables."""
+
+    def __init__(self, label: str, metric: str, shown: list[str], total: int | None = None):
+        self.label, self.metric, self.shown, self.total, self.done = label, metric, shown, total, 0
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.done += 1
+        result = trial.last_result or {}
+        keys = " ".join(f"{k}={result.get(k, trial.config.get(k))}" for k in self.shown)
+        print(f"[{self.label}] {self.done}/{self.total or len(trials)} done  {keys}  {self.metric}={result.get(self.metric, float('nan')):.4f}"
+              f"  ({result.get('time_total_s', 0):.1f}s)", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.done += 1
+        print(f"[{self.label}] {self.done}/{self.total or len(trials)} FAILED {trial.trial_id}: see {trial.path}", flush=True)
+
+
+@dataclass
+class Resources:
+    address: str = "local"         # "local" starts Ray here; "auto" or "ray://host:port" joins a cluster
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0    # 0.25 packs four trials on a GPU
+    max_concurrent: int = 0        # 0: as many as the resources allow
+    max_failures: int = 0          # retries of a trial that raised
+
+
+def connect(res: Resources) -> None:
+    """Starts or joins Ray, then checks the cluster can hold one trial at all."""
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        try:
+            ray.init(address=res.address, include_dashboard=False, configure_logging=False,
+                     log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot reach a Ray cluster at --address {res.address}: {first}") from None
+    have = ray.cluster_resources()
+    for kind, need in (("GPU", res.gpus_per_trial), ("CPU", res.cpus_per_trial)):
+        if need > have.get(kind, 0):
+            ray.shutdown()
+            raise UserError(f"a trial asks for {need:g} {kind} but the Ray cluster has {have.get(kind, 0):g}")
+
+
+def trial_device() -> torch.device:
+    """The GPU Ray assigned to this trial (it sets CUDA_VISIBLE_DEVICES), else the CPU."""
+    if torch.cuda.is_available() and ray.get_gpu_ids():
+        share = ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0)
+        if share < 1:  # Ray counts fractions but never enforces them: cap this trial's allocator
+            torch.cuda.set_per_process_memory_fraction(share)
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
+                   extra: dict[str, Any] | None = None) -> None:
+    """Builds spec, trains it with TrainConfig.from_config(config) and reports each epoch to Tune."""
+    cfg = TrainConfig.from_config(config)
+    device = trial_device()
+    torch.manual_seed(cfg.seed)
+    model = models.build(spec).to(device)
+    opt = make_optimizer(model, cfg)
+    start_epoch = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"]
+    fixed = {"params": models.n_params(model), "device": device.type, **(extra or {})}
+
+    def report(metrics: dict[str, float]) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": metrics["epoch"]},
+                       Path(d) / "state.pt")
+            models.save(Path(d) / "model.pt", model, spec, **metrics)
+            tune.report({**metrics, **fixed}, checkpoint=tune.Checkpoint.from_directory(d))
+
+    fit(model, to_device(data, device), cfg, on_epoch=report, opt=opt, start_epoch=start_epoch)
+
+
+def run(trainable: Callable, path: Path, res: Resources, data: Mnist, *,
+        param_space: dict[str, Any] | None = None, metric: str = "val_loss", mode: str = "min",
+        num_samples: int = 1, search_alg: Any = None, scheduler: Any = None,
+        shown: list[str] | None = None) -> tune.ResultGrid:
+    """Runs (or, if `path` holds an interrupted run, resumes) one Tune experiment at `path`.
+
+    Finished trials are never rerun on resume; unfinished and errored ones continue from their
+    last checkpoint. The searcher's state (Optuna's history) is restored with the experiment.
+    """
+    wrapped = tune.with_resources(tune.with_parameters(trainable, data=data),
+                                  {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    path = path.resolve()
+    if tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=wrapped, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            wrapped,
+            param_space=param_space or {},
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, num_samples=num_samples, search_alg=search_alg,
+                scheduler=scheduler, max_concurrent_trials=res.max_concurrent or None, reuse_actors=True,
+                trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=path.name, storage_path=str(path.parent), verbose=0,
+                callbacks=[TBXLoggerCallback(), Progress(path.name, metric, shown or [], num_samples if search_alg else None)],
+                failure_config=tune.FailureConfig(max_failures=res.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+    return tuner.fit()
+
+
+def rows(grid: tune.ResultGrid, keep_config: list[str]) -> pd.DataFrame:
+    """One row per trial: the chosen config keys, the last reported metrics, error and checkpoint path."""
+    out = []
+    for result in grid:
+        metrics = result.metrics or {}
+        row = {key: result.config.get(key) for key in keep_config}
+        row.update({k: v for k, v in metrics.items() if k not in RAY_COLUMNS})
+        row["seconds"] = row.pop("time_total_s", None)
+        row["trial_id"] = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
+        row["error"] = str(result.error).strip().splitlines()[-1][:300] if result.error else ""
+        row["checkpoint"] = result.checkpoint.path if result.checkpoint else ""
+        out.append(row)
+    return pd.DataFrame(out)

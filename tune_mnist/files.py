@@ -1,0 +1,50 @@
+"""Atomic result files: write beside the target, then rename, so a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Calls write(tmp_path) for a temp file in the target's folder, then renames it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+def write_csv(path: Path, frame: "pandas.DataFrame") -> None:  # noqa: F821 - pandas imported by callers
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def save_figure(path: Path, fig: "matplotlib.figure.Figure") -> None:  # noqa: F821
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -1,0 +1,85 @@
+"""The figures every study draws, written atomically as PNG. Notebooks call these same functions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # trials and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from tune_mnist.files import save_figure  # noqa: E402
+
+
+def lines(path: Path, frame: pd.DataFrame, x: str, ys: Sequence[str], group: str, *, title: str,
+          logx: bool = False, yerr: Sequence[str] | None = None,
+          reference: tuple[str, float] | None = None) -> None:
+    """One subplot per y, one curve per value of `group`, optional error bars and a reference line (on the first)."""
+    fig, axes = plt.subplots(1, len(ys), figsize=(6 * len(ys), 4.5), squeeze=False)
+    for i, (ax, y) in enumerate(zip(axes.flat, ys)):
+        for key, part in frame.groupby(group, sort=True):
+            part = part.sort_values(x)
+            ax.errorbar(part[x], part[y], yerr=part[yerr[i]] if yerr else None, marker="o", capsize=3,
+                        label=f"{group}={key}")
+        if reference and i == 0:
+            ax.axhline(reference[1], color="k", linestyle="--", linewidth=1, label=reference[0])
+        ax.set(xlabel=x, ylabel=y)
+        if logx:
+            ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    save_figure(path, fig)
+
+
+def panels(path: Path, frame: pd.DataFrame, panel: str, x: str, y: str, *, yerr: str | None = None,
+           title: str = "", ylabel: str | None = None) -> None:
+    """One subplot per value of `panel`, y (with error bars) against x."""
+    keys = sorted(frame[panel].unique())
+    cols = min(len(keys), 3)
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False, sharey=True)
+    for ax, key in zip(axes.flat, keys):
+        part = frame[frame[panel] == key].sort_values(x)
+        ax.errorbar(part[x], part[y], yerr=part[yerr] if yerr else None, marker="o", capsize=3)
+        ax.set(title=f"{panel}={key}", xlabel=x, ylabel=ylabel or y)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    save_figure(path, fig)
+
+
+def heatmaps(path: Path, frame: pd.DataFrame, row: str, col: str, values: Sequence[str], *, title: str) -> None:
+    """A heatmap of the mean of each value over (row, col) cells, one panel per value."""
+    fig, axes = plt.subplots(1, len(values), figsize=(5 * len(values), 4.5), squeeze=False)
+    for ax, value in zip(axes.flat, values):
+        table = frame.pivot_table(index=row, columns=col, values=value, aggfunc="mean").sort_index(ascending=False)
+        im = ax.imshow(table.to_numpy(), aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(table.columns)), [f"{c:.3g}" for c in table.columns], rotation=45)
+        ax.set_yticks(range(len(table.index)), [f"{r:g}" for r in table.index])
+        ax.set(xlabel=col, ylabel=row, title=value)
+        for (i, j), v in np.ndenumerate(table.to_numpy()):
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="w")
+        fig.colorbar(im, ax=ax)
+    fig.suptitle(title)
+    save_figure(path, fig)
+
+
+def grouped_bars(path: Path, frame: pd.DataFrame, x: str, group: str, y: str, yerr: str, *, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    groups = sorted(frame[group].unique())
+    xs = sorted(frame[x].unique())
+    width = 0.8 / len(groups)
+    for i, key in enumerate(groups):
+        part = frame[frame[group] == key].set_index(x).reindex(xs)
+        ax.bar(np.arange(len(xs)) + i * width, part[y], width, yerr=part[yerr], capsize=3, label=str(key))
+    ax.set_xticks(np.arange(len(xs)) + width * (len(groups) - 1) / 2, [str(v) for v in xs])
+    ax.set(xlabel=x, ylabel=y, title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    save_figure(path, fig)

@@ -1,0 +1,50 @@
+"""Run folders: results/<study>/<run>/, each with run.json (the arguments, versions) as its birth certificate.
+
+run.json is what makes a folder a run: `--resume` and `export` refuse any folder without one,
+and resume reads the study's arguments back from it so the continued run is the same run.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from tune_mnist.errors import UserError
+from tune_mnist.files import write_json
+
+RUN_FILE = "run.json"
+
+
+def new_run_dir(results: Path, study: str, name: str | None) -> Path:
+    """The folder for a new run; it is created only later, by `start`, once all input is checked."""
+    run_dir = Path(results) / study / (name or time.strftime("%Y%m%d-%H%M%S"))
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue it, or another --name")
+    return run_dir
+
+
+def start(run_dir: Path, study: str, args: dict[str, Any]) -> None:
+    import ray
+    import torch
+
+    write_json(run_dir / RUN_FILE, {
+        "study": study, "args": args, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
+    })
+
+
+def read(run_dir: Path, study: str | None = None) -> dict[str, Any]:
+    import json
+
+    meta_path = Path(run_dir) / RUN_FILE
+    if not meta_path.is_file():
+        raise UserError(f"{run_dir} is not a tune_mnist run folder (no {RUN_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{meta_path} is damaged: {e}") from None
+    if study and meta.get("study") != study:
+        raise UserError(f"{run_dir} is a {meta.get('study')!r} run, not {study!r}")
+    return meta

@@ -1,0 +1,157 @@
+"""budget: at a fixed parameter count P, which MLP shape trains best?
+
+Stage 1 is a grid over depth k with the uniform width m_P(k) (plus the 7,850-parameter linear model,
+k = 0, as the reference); stage 2 is Optuna over layer-size vectors (uniform, decreasing, increasing,
+free) held within 1% of P by construction, with ASHA stopping the bad ones early.
+
+    python -m tune_mnist budget --P 25000 50000 100000 --trials 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import shutil
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from tune_mnist import budget, driver, plots
+from tune_mnist.data import Mnist
+from tune_mnist.errors import require
+from tune_mnist.files import write_csv, write_json
+from tune_mnist.models import ACTIVATIONS
+
+NAME = "budget"
+HELP = "fixed parameter budget: depth grid, then Optuna over layer-size vectors"
+COLUMNS = ["P", "stage", "k", "widths", "shape", "activation", "lr", "weight_decay", "seed"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--P", type=int, nargs="+", help="parameter budgets (default 100000; smallest 805)")
+    p.add_argument("--trials", type=int, help="Optuna trials per P in stage 2 (default 12; 0 skips stage 2)")
+    p.add_argument("--seeds", type=int, help="seeds per depth in stage 1 (default 2)")
+    p.add_argument("--max-depth", type=int, help="largest k of the stage-1 grid (default 32)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (default 5)")
+    p.add_argument("--activation", help="stage-1 activation (default tanh)")
+
+
+def check(s: dict[str, Any]) -> None:
+    for P in s["P"]:
+        require(P >= budget.MIN_P, f"P={P} is too small: the smallest MLP (k=1, m=1) has {budget.MIN_P} parameters")
+    require(s["trials"] >= 0, f"--trials must be >= 0, got {s['trials']}")
+    require(s["seeds"] >= 1, f"--seeds must be >= 1, got {s['seeds']}")
+    require(s["max_depth"] >= 1, f"--max-depth must be >= 1, got {s['max_depth']}")
+    require(s["epochs"] >= 1, f"--epochs must be >= 1, got {s['epochs']}")
+    for act in [s["activation"], *s["activations"]]:
+        require(act in ACTIVATIONS, f"unknown activation {act!r}; choose from {', '.join(ACTIVATIONS)}")
+    for shape in s["shapes"]:
+        require(shape in ("uniform", "decreasing", "increasing", "free"), f"unknown shape family {shape!r}")
+
+
+def widths_of(config: dict[str, Any]) -> list[int]:
+    if "widths" in config:
+        return budget.parse_widths(config["widths"])
+    k = config["k"]
+    return [budget.width_for(k, config["P"])] * k if k else []
+
+
+def trainable(config: dict[str, Any], data: Mnist) -> None:
+    widths = widths_of(config)
+    if widths:  # k = 0 is the linear reference, outside the budget on purpose
+        params = budget.count(widths)
+        if abs(params - config["P"]) > budget.TOLERANCE * config["P"]:
+            raise ValueError(f"widths {widths} have {params} parameters, more than 1% from P={config['P']}")
+    spec = {"family": "mlp", "widths": widths, "activation": config["activation"]}
+    extra = {"P": config["P"], "k": len(widths), "widths": budget.format_widths(widths),
+             "shape": config.get("shape", "uniform"), "stage": config["stage"]}
+    driver.train_in_trial(config, data, spec, extra)
+
+
+def training(s: dict[str, Any]) -> dict[str, Any]:
+    return {k: s[k] for k in ("epochs", "batch_size", "optimizer")}
+
+
+def define_space(trial: optuna.Trial, P: int, s: dict[str, Any]) -> dict[str, Any]:
+    """Optuna define-by-run: depth, shape family, activation, lr and weight decay; widths meet P by construction."""
+    k = trial.suggest_int("k", 1, min(s["optuna_max_depth"], budget.k_max(P)))
+    shape = trial.suggest_categorical("shape", s["shapes"]) if k > 1 else "uniform"
+    ratio = trial.suggest_float("ratio", *s["ratio"]) if shape in ("decreasing", "increasing") else 0.5
+    free = [trial.suggest_float(f"r{i}", 0.05, 1.0) for i in range(k)] if shape == "free" else []
+    trial.suggest_categorical("activation", s["activations"])
+    trial.suggest_float("lr", *s["lr_range"], log=True)
+    trial.suggest_float("weight_decay", *s["weight_decay_range"], log=True)
+    widths = budget.fit_widths(budget.profile(shape, k, ratio, free), P)
+    return {**training(s), "P": P, "stage": "optuna", "seed": trial.number,
+            "widths": budget.format_widths(widths)}
+
+
+def run_stages(P: int, s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> pd.DataFrame:
+    grid_space = {**training(s), "P": P, "stage": "grid", "activation": s["activation"], "lr": s["lr"],
+                  "weight_decay": 0.0,
+                  "k": tune.grid_search([0, *budget.depth_grid(P, s["max_depth"])]),
+                  "seed": tune.grid_search(list(range(s["seeds"])))}
+    grid = driver.run(trainable, run_dir / "tune" / f"P{P}-grid", res, data, param_space=grid_space,
+                      shown=["k", "seed", "widths"])
+    frames = [driver.rows(grid, COLUMNS)]
+    if s["trials"]:
+        search = OptunaSearch(
+            space=functools.partial(define_space, P=P, s=s), metric="val_loss", mode="min", seed=0,
+            study_name=f"budget-P{P}",
+            storage=optuna.storages.JournalStorage(
+                optuna.storages.journal.JournalFileBackend(str((run_dir / "optuna.journal").resolve()))),
+        )
+        asha = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"], grace_period=1, reduction_factor=2)
+        found = driver.run(trainable, run_dir / "tune" / f"P{P}-optuna", res, data,
+                           num_samples=s["trials"], search_alg=search, scheduler=asha,
+                           shown=["widths", "activation", "epoch"])
+        frames.append(driver.rows(found, COLUMNS))
+    return pd.concat(frames, ignore_index=True)
+
+
+def draw(trials: pd.DataFrame, path: Path) -> None:
+    """Final train and test loss against depth, one curve per P, the linear model as a reference line."""
+    grid = trials[(trials["stage"] == "grid") & trials["error"].eq("")]
+    uniform = grid[grid["k"] > 0].groupby(["P", "k"], as_index=False)[["final_train_loss", "test_loss"]].mean()
+    linear = grid[grid["k"] == 0]
+    reference = ("linear (7,850 params)", linear["final_train_loss"].min()) if len(linear) else None
+    plots.lines(path, uniform, "k", ["final_train_loss", "test_loss"], "P", logx=True,
+                title="Loss vs depth at a fixed parameter budget", reference=reference)
+
+
+def export(run_dir: Path, trials: pd.DataFrame, top: int = 1) -> dict[str, Any]:
+    """Copies the top-N trials per P (by val loss) to run_dir/best/, with best.json listing them."""
+    ok = trials[trials["error"].eq("") & trials["checkpoint"].ne("") & trials["k"].gt(0)]
+    best: dict[str, Any] = {}
+    for P, part in ok.groupby("P"):
+        entries = []
+        for rank, row in enumerate(part.nsmallest(top, "val_loss").itertuples(), start=1):
+            target = run_dir / "best" / f"P{P}" / f"rank{rank}.pt"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(row.checkpoint) / "model.pt", target.with_suffix(".tmp"))
+            target.with_suffix(".tmp").replace(target)
+            entries.append({"rank": rank, "file": str(target.relative_to(run_dir)), "widths": row.widths,
+                            "k": row.k, "params": row.params, "shape": row.shape, "activation": row.activation,
+                            "val_loss": row.val_loss, "test_loss": row.test_loss, "test_acc": row.test_acc,
+                            "trial_id": row.trial_id})
+        best[str(P)] = entries
+    write_json(run_dir / "best.json", best)
+    return best
+
+
+def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
+    trials = pd.concat([run_stages(P, s, run_dir, data, res) for P in s["P"]], ignore_index=True)
+    write_csv(run_dir / "trials.csv", trials)
+    draw(trials, run_dir / "loss_vs_k.png")
+    best = export(run_dir, trials)
+    summary: dict[str, Any] = {"trials": len(trials), "errors": int(trials["error"].ne("").sum())}
+    for P, entries in best.items():
+        if entries:
+            summary[f"P{P}_best"] = f"{entries[0]['widths']}/{entries[0]['activation']}"
+            summary[f"P{P}_test_acc"] = round(entries[0]["test_acc"], 4)
+    return summary
