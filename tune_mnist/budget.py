@@ -85,6 +85,18 @@ def fit_widths(relative: Sequence[float], P: int) -> list[int]:
     return widths
 
 
+def feasible_depths(P: int, largest: int) -> list[int]:
+    """Depths at which some uniform-ish net lands within 1% of P (one hidden layer moves in steps of 795)."""
+    ks = []
+    for k in range(1, min(largest, k_max(P)) + 1):
+        try:
+            fit_widths([1.0] * k, P)
+            ks.append(k)
+        except ValueError:
+            pass
+    return ks
+
+
 def format_widths(widths: Sequence[int]) -> str:
     """Widths as one string ("256-128"): Tune configs, CSV cells and TensorBoard HParams all take it."""
     return "-".join(str(w) for w in widths)

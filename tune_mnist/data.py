@@ -41,11 +41,11 @@ class Mnist:
 
 
 def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    dirs = [Path(data_dir)] if data_dir else []
-    if os.environ.get("TUNE_MNIST_DATA"):
-        dirs.append(Path(os.environ["TUNE_MNIST_DATA"]))
-    dirs.append(Path("data"))
-    return dirs
+    """An explicit folder is the only place looked; otherwise $TUNE_MNIST_DATA, then ./data."""
+    if data_dir:
+        return [Path(data_dir)]
+    env = os.environ.get("TUNE_MNIST_DATA")
+    return [Path(env), Path("data")] if env else [Path("data")]
 
 
 def _find(folder: Path, stem: str) -> Path | None:

@@ -71,7 +71,6 @@ def connect(res: Resources) -> None:
     have = ray.cluster_resources()
     for kind, need in (("GPU", res.gpus_per_trial), ("CPU", res.cpus_per_trial)):
         if need > have.get(kind, 0):
-            ray.shutdown()
             raise UserError(f"a trial asks for {need:g} {kind} but the Ray cluster has {have.get(kind, 0):g}")
 
 

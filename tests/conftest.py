@@ -1,0 +1,35 @@
+"""Tests run on CPU against real MNIST subsets from ../shared/data/mnist (or $TUNE_MNIST_DATA)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TUNE_MNIST_DATA", str(REPO.parent / "shared" / "data" / "mnist"))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from tune_mnist import data
+
+    return data.load()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for all in-process study runs: the CLI joins it instead of starting its own."""
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def cli(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
+    """The real command, in a fresh process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "tune_mnist", *args], cwd=cwd, capture_output=True,
+                          text=True, **kw)

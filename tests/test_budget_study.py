@@ -1,0 +1,113 @@
+"""The budget study end to end through real Ray Tune and Optuna, on MNIST subsets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tune_mnist import budget, cli, data, models
+from tune_mnist.train import evaluate
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, ray_session):
+    results = tmp_path_factory.mktemp("results")
+    argv = ["budget", "--smoke", "--P", "5000", "20000", "--results", str(results), "--name", "e2e"]
+    assert cli.main(argv) == 0
+    return results / "budget" / "e2e"
+
+
+def read_trials(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "trials.csv", keep_default_na=False, na_values=[""])
+
+
+def test_every_trial_is_a_row_with_exact_parameter_counts(run_dir):
+    trials = read_trials(run_dir)
+    # smoke: grid k in {0 (linear), 1, 2, 3, 4} x 1 seed, then 3 Optuna trials, for each of two P
+    assert len(trials) == 2 * (5 + 3)
+    assert trials["error"].isna().all()
+    assert trials["trial_id"].is_unique
+    for row in trials.itertuples():
+        widths = budget.parse_widths(row.widths) if isinstance(row.widths, str) else []
+        assert row.params == budget.count(widths)
+        if row.stage == "grid" and row.k > 0:
+            assert widths == [budget.width_for(row.k, row.P)] * row.k
+        if row.stage == "optuna":
+            assert abs(row.params - row.P) <= 0.01 * row.P
+    assert (trials.loc[trials.k == 0, "params"] == 7850).all()
+    grid = trials[trials.stage == "grid"]
+    assert (grid["epoch"] == 2).all() and grid["final_train_loss"].notna().all()
+    assert (trials["test_acc"] > 0.5).any()  # 2 epochs on 4,000 images already learn
+
+
+def test_plot_and_run_record(run_dir):
+    png = (run_dir / "loss_vs_k.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["study"] == "budget" and meta["args"]["P"] == [5000, 20000]
+    assert (run_dir / "optuna.journal").stat().st_size > 0
+
+
+def test_tensorboard_scalars_for_every_trial(run_dir):
+    events = sorted(run_dir.glob("tune/*/trial_*/events.out.tfevents.*"))
+    assert len(events) == 16
+    acc = EventAccumulator(str(events[0].parent)).Reload()
+    steps = acc.Scalars("ray/tune/val_loss")
+    assert len(steps) >= 1 and all(s.value > 0 for s in steps)
+
+
+def test_exported_models_reload_with_the_same_test_accuracy(run_dir, mnist):
+    best = json.loads((run_dir / "best.json").read_text())
+    assert set(best) == {"5000", "20000"}
+    test = data.to_device(data.subset(mnist, 4000, 1000), "cpu")["test"]
+    for P, entries in best.items():
+        model = models.load(run_dir / entries[0]["file"])
+        assert models.n_params(model) == entries[0]["params"]
+        assert evaluate(model, test)["acc"] == pytest.approx(entries[0]["test_acc"], abs=1e-9)
+
+
+def test_export_command_writes_the_top_n(run_dir, capsys):
+    assert cli.main(["export", str(run_dir), "--top", "2"]) == 0
+    assert (run_dir / "best" / "P5000" / "rank2.pt").is_file()
+    assert "rank=2" in capsys.readouterr().out
+
+
+def test_killed_run_resumes_and_finishes_every_trial_once(tmp_path):
+    """SIGKILL the whole process group (driver and Ray) mid-study, then --resume the run folder."""
+    results = tmp_path / "results"
+    args = ["budget", "--P", "20000", "--max-depth", "8", "--seeds", "2", "--epochs", "4", "--trials", "0",
+            "--train-limit", "20000", "--eval-limit", "1000", "--results", str(results), "--name", "r"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tune_mnist", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
+    finished = []
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        if " done " in line:
+            finished.append(line.split("done", 1)[1].split()[:2])  # ['k=..', 'seed=..']
+        if len(finished) >= 3 or time.time() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_dir = results / "budget" / "r"
+    assert len(finished) >= 3 and not (run_dir / "trials.csv").exists()
+
+    done = subprocess.run([sys.executable, "-m", "tune_mnist", "budget", "--resume", str(run_dir)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials = read_trials(run_dir)
+    configured = {(k, s) for k in [0, 1, 2, 3, 4, 6, 8] for s in (0, 1)}
+    assert len(trials) == len(configured) == len(set(zip(trials.k, trials.seed)))
+    assert set(zip(trials.k, trials.seed)) == configured
+    assert (trials["training_iteration"] == 4).all() and trials["error"].isna().all()
+    for k, seed in finished:  # trials finished before the kill were not trained again
+        row = trials[(trials.k == int(k[2:])) & (trials.seed == int(seed[5:]))].iloc[0]
+        progress = pd.read_csv(run_dir / "tune" / "P20000-grid" / f"trial_{row.trial_id}" / "progress.csv")
+        assert len(progress) == 4

@@ -1,0 +1,53 @@
+import torch
+
+from tune_mnist import data, models
+from tune_mnist.train import TrainConfig, evaluate, fit, make_optimizer
+
+
+def test_trained_mlp_beats_90_percent_on_the_full_test_set(mnist):
+    splits = data.to_device(data.subset(mnist, 20_000), "cpu")
+    torch.manual_seed(0)
+    net = models.mlp([128], "tanh")
+    assert evaluate(net, splits["test"])["acc"] < 0.3  # untrained: near chance
+    metrics = fit(net, splits, TrainConfig(epochs=3, batch_size=128, lr=1e-3))
+    assert len(splits["test"]) == 10_000
+    assert metrics["test_acc"] > 0.90
+    assert metrics["final_train_loss"] < metrics["train_loss"] * 1.1
+
+
+def test_cnn_learns_under_corruption(mnist):
+    splits = data.to_device(data.subset(mnist, 6000, 1000), "cpu")
+    torch.manual_seed(0)
+    metrics = fit(models.cnn((8, 16), 32), splits, TrainConfig(epochs=3, corruption=0.2))
+    assert metrics["test_acc"] > 0.8
+
+
+def test_resumed_training_equals_uninterrupted(mnist):
+    """Epoch-seeded order and noise: stopping after epoch 1 and resuming changes nothing."""
+    splits = data.to_device(data.subset(mnist, 2000, 500), "cpu")
+    cfg = TrainConfig(epochs=3, corruption=0.1, seed=3)
+    torch.manual_seed(0)
+    straight = models.mlp([32, 16])
+    full = fit(straight, splits, cfg)
+
+    torch.manual_seed(0)
+    first = models.mlp([32, 16])
+    opt = make_optimizer(first, cfg)
+    fit(first, splits, TrainConfig(**{**cfg.as_dict(), "epochs": 1}), opt=opt)
+    state = {"model": first.state_dict(), "optimizer": opt.state_dict()}
+    resumed = models.mlp([32, 16])
+    opt2 = make_optimizer(resumed, cfg)
+    resumed.load_state_dict(state["model"])
+    opt2.load_state_dict(state["optimizer"])
+    rest = fit(resumed, splits, cfg, opt=opt2, start_epoch=1)
+    assert rest["epoch"] == 3
+    assert abs(rest["final_train_loss"] - full["final_train_loss"]) < 1e-6
+
+
+def test_save_and_load_round_trip(tmp_path):
+    net = models.cnn((4, 8), 16, "gelu")
+    spec = {"family": "cnn", "channels": [4, 8], "hidden": 16, "activation": "gelu"}
+    models.save(tmp_path / "m.pt", net, spec, test_acc=0.5)
+    back = models.load(tmp_path / "m.pt")
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(back(x), net(x)) and back.info["test_acc"] == 0.5 and back.spec == spec
