@@ -87,9 +87,10 @@ def test_killed_run_resumes_and_finishes_every_trial_once(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tune_mnist", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
-    finished = []
+    finished, seen = [], []
     deadline = time.time() + 240
     for line in proc.stdout:
+        seen.append(line)
         if " done " in line:
             finished.append(line.split("done", 1)[1].split()[:2])  # ['k=..', 'seed=..']
         if len(finished) >= 3 or time.time() > deadline:
@@ -97,7 +98,7 @@ def test_killed_run_resumes_and_finishes_every_trial_once(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     run_dir = results / "budget" / "r"
-    assert len(finished) >= 3 and not (run_dir / "trials.csv").exists()
+    assert len(finished) >= 3 and not (run_dir / "trials.csv").exists(), "".join(seen[-40:])
 
     done = subprocess.run([sys.executable, "-m", "tune_mnist", "budget", "--resume", str(run_dir)],
                           capture_output=True, text=True, timeout=600)

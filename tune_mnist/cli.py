@@ -108,9 +108,8 @@ def export(args: argparse.Namespace) -> int:
     require(meta["study"] == budget.NAME, f"{run_dir} is a {meta['study']!r} run; only budget runs export models")
     require((run_dir / "trials.csv").is_file(), f"{run_dir} has no trials.csv: the run has not finished")
     require(args.top >= 1, f"--top must be >= 1, got {args.top}")
-    trials = pd.read_csv(run_dir / "trials.csv", keep_default_na=False, na_values=[""])
-    trials["error"] = trials["error"].fillna("")
-    trials["checkpoint"] = trials["checkpoint"].fillna("")
+    trials = pd.read_csv(run_dir / "trials.csv", dtype={"error": "string", "checkpoint": "string"})
+    trials[["error", "checkpoint"]] = trials[["error", "checkpoint"]].fillna("")
     best = budget.export(run_dir, trials, args.top)
     for P, entries in best.items():
         for e in entries:
