@@ -14,14 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from tune_mnist import data as mnist
 from tune_mnist import driver, runs, spaces
 from tune_mnist.errors import UserError, require
-from tune_mnist.studies import budget
-
-STUDIES = {module.NAME: module for module in (budget,)}
+from tune_mnist.files import read_table
+from tune_mnist.studies import STUDIES, budget
 RESOURCE_FLAGS = ("address", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
 
 
@@ -108,9 +105,7 @@ def export(args: argparse.Namespace) -> int:
     require(meta["study"] == budget.NAME, f"{run_dir} is a {meta['study']!r} run; only budget runs export models")
     require((run_dir / "trials.csv").is_file(), f"{run_dir} has no trials.csv: the run has not finished")
     require(args.top >= 1, f"--top must be >= 1, got {args.top}")
-    trials = pd.read_csv(run_dir / "trials.csv", dtype={"error": "string", "checkpoint": "string"})
-    trials[["error", "checkpoint"]] = trials[["error", "checkpoint"]].fillna("")
-    best = budget.export(run_dir, trials, args.top)
+    best = budget.export(run_dir, read_table(run_dir / "trials.csv"), args.top)
     for P, entries in best.items():
         for e in entries:
             print(f"P={P} rank={e['rank']} widths={e['widths']} test_acc={e['test_acc']:.4f} -> {run_dir / e['file']}")

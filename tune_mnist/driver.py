@@ -74,6 +74,15 @@ def connect(res: Resources) -> None:
             raise UserError(f"a trial asks for {need:g} {kind} but the Ray cluster has {have.get(kind, 0):g}")
 
 
+def trial_slots(res: Resources) -> float:
+    """How many trials the connected cluster holds at once: the scarcest resource decides (ray#28292)."""
+    have = ray.cluster_resources()
+    slots = have.get("CPU", 0) / res.cpus_per_trial
+    if res.gpus_per_trial:
+        slots = min(slots, have.get("GPU", 0) / res.gpus_per_trial)
+    return slots
+
+
 def trial_device() -> torch.device:
     """The GPU Ray assigned to this trial (it sets CUDA_VISIBLE_DEVICES), else the CPU."""
     if torch.cuda.is_available() and ray.get_gpu_ids():
@@ -84,13 +93,21 @@ def trial_device() -> torch.device:
     return torch.device("cpu")
 
 
+Finish = Callable[[torch.nn.Module, dict[str, torch.Tensor], dict], dict[str, float]]
+
+
 def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
-                   extra: dict[str, Any] | None = None) -> None:
-    """Builds spec, trains it with TrainConfig.from_config(config) and reports each epoch to Tune."""
+                   extra: dict[str, Any] | None = None, finish: Finish | None = None) -> None:
+    """Builds spec, trains it with TrainConfig.from_config(config) and reports each evaluated epoch to Tune.
+
+    Checkpoints hold the initial weights too, so `finish(model, initial_state, splits)` (metrics added
+    to the last report, e.g. transplant's layer swaps) sees the same start after a resume.
+    """
     cfg = TrainConfig.from_config(config)
     device = trial_device()
     torch.manual_seed(cfg.seed)
     model = models.build(spec).to(device)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt = make_optimizer(model, cfg)
     start_epoch = 0
     checkpoint = tune.get_checkpoint()
@@ -99,17 +116,20 @@ def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
             state = torch.load(Path(d) / "state.pt", map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"]
+        initial, start_epoch = state["initial"], state["epoch"]
     fixed = {"params": models.n_params(model), "device": device.type, **(extra or {})}
+    splits = to_device(data, device)
 
     def report(metrics: dict[str, float]) -> None:
+        if finish and metrics["epoch"] == cfg.epochs:
+            metrics = {**metrics, **finish(model, initial, splits)}
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": metrics["epoch"]},
-                       Path(d) / "state.pt")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "initial": initial,
+                        "epoch": metrics["epoch"]}, Path(d) / "state.pt")
             models.save(Path(d) / "model.pt", model, spec, **metrics)
             tune.report({**metrics, **fixed}, checkpoint=tune.Checkpoint.from_directory(d))
 
-    fit(model, to_device(data, device), cfg, on_epoch=report, opt=opt, start_epoch=start_epoch)
+    fit(model, splits, cfg, on_epoch=report, opt=opt, start_epoch=start_epoch)
 
 
 def run(trainable: Callable, path: Path, res: Resources, data: Mnist, *,

@@ -37,6 +37,16 @@ def write_csv(path: Path, frame: "pandas.DataFrame") -> None:  # noqa: F821 - pa
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
+def read_table(path: Path) -> "pandas.DataFrame":  # noqa: F821
+    """A results CSV with its text columns (error, checkpoint) as strings, empty where blank."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype={"error": "string", "checkpoint": "string"})
+    present = [c for c in ("error", "checkpoint") if c in frame]
+    frame[present] = frame[present].fillna("")
+    return frame
+
+
 def save_figure(path: Path, fig: "matplotlib.figure.Figure") -> None:  # noqa: F821
     import matplotlib.pyplot as plt
 

@@ -68,14 +68,21 @@ def tiny_cnn() -> nn.Sequential:
 
 
 def build(spec: dict[str, Any]) -> nn.Module:
+    """The module for a spec; "init_scale" multiplies PyTorch's default initialisation (0 gives zeros)."""
     family = spec.get("family")
     if family == "mlp":
-        return mlp(spec["widths"], spec.get("activation", "tanh"))
-    if family == "cnn":
-        return cnn(spec.get("channels", (32, 64)), spec.get("hidden", 128), spec.get("activation", "relu"))
-    if family == "tiny_cnn":
-        return tiny_cnn()
-    raise UserError(f"unknown model family {family!r}; choose from {', '.join(FAMILIES)}")
+        model = mlp(spec["widths"], spec.get("activation", "tanh"))
+    elif family == "cnn":
+        model = cnn(spec.get("channels", (32, 64)), spec.get("hidden", 128), spec.get("activation", "relu"))
+    elif family == "tiny_cnn":
+        model = tiny_cnn()
+    else:
+        raise UserError(f"unknown model family {family!r}; choose from {', '.join(FAMILIES)}")
+    if spec.get("init_scale", 1.0) != 1.0:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(spec["init_scale"])
+    return model
 
 
 def n_params(model: nn.Module) -> int:

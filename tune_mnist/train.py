@@ -32,6 +32,7 @@ class TrainConfig:
     seed: int = 0
     corruption: float = 0.0     # probability that a training pixel is replaced by U[0, 1], drawn afresh each time
     inputs: str = "unit"        # unit: x in [0, 1]; center: x - 0.5; standard: (x - mean) / std
+    eval_every: int = 1         # evaluate and report every n epochs (and always after the last)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "TrainConfig":
@@ -133,6 +134,8 @@ def fit(model: nn.Module, splits: dict[str, DeviceSplit], cfg: TrainConfig,
     for epoch in range(start_epoch, cfg.epochs):
         start = time.perf_counter()
         metrics = {"epoch": epoch + 1, **train_epoch(model, opt, splits["train"], cfg, epoch)}
+        if (epoch + 1) % cfg.eval_every and epoch + 1 != cfg.epochs:
+            continue
         for name in ("val", "test"):
             result = evaluate(model, splits[name], cfg.inputs)
             metrics[f"{name}_loss"], metrics[f"{name}_acc"] = result["loss"], result["acc"]

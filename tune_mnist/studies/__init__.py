@@ -1,2 +1,7 @@
-"""One module per study. Each has NAME, HELP, add_arguments(parser), check(settings) and
-run(settings, run_dir, data, resources) -> summary dict; cli.py does everything they share."""
+"""One module per study. Each has NAME, HELP, add_arguments(parser), check(settings),
+run(settings, run_dir, data, resources) -> summary dict, and report(run_dir, out) which redraws its
+figures from its CSVs (run() and the notebooks both call it). cli.py does everything they share."""
+
+from tune_mnist.studies import budget, corruption, linear, scaling, transplant
+
+STUDIES = {module.NAME: module for module in (budget, scaling, corruption, transplant, linear)}

@@ -24,7 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tune_mnist import budget, driver, plots
 from tune_mnist.data import Mnist
 from tune_mnist.errors import require
-from tune_mnist.files import write_csv, write_json
+from tune_mnist.files import read_table, write_csv, write_json
 from tune_mnist.models import ACTIVATIONS
 
 NAME = "budget"
@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-depth", type=int, help="largest k of the stage-1 grid (default 32)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default 5)")
     p.add_argument("--activation", help="stage-1 activation (default tanh)")
+    p.add_argument("--linear-run", help="a finished `linear` run whose best training loss is the plot's reference "
+                                        "(default: this run's own k=0 trials)")
 
 
 def check(s: dict[str, Any]) -> None:
@@ -50,6 +52,8 @@ def check(s: dict[str, Any]) -> None:
     require(s["epochs"] >= 1, f"--epochs must be >= 1, got {s['epochs']}")
     for act in [s["activation"], *s["activations"]]:
         require(act in ACTIVATIONS, f"unknown activation {act!r}; choose from {', '.join(ACTIVATIONS)}")
+    if s.get("linear_run"):
+        require((Path(s["linear_run"]) / "trials.csv").is_file(), f"{s['linear_run']} is not a finished linear run")
     for shape in s["shapes"]:
         require(shape in ("uniform", "decreasing", "increasing", "free"), f"unknown shape family {shape!r}")
 
@@ -118,14 +122,28 @@ def run_stages(P: int, s: dict[str, Any], run_dir: Path, data: Mnist, res: drive
     return pd.concat(frames, ignore_index=True)
 
 
-def draw(trials: pd.DataFrame, path: Path) -> None:
+def reference(trials: pd.DataFrame, linear_run: str | None) -> tuple[str, float] | None:
+    """The 7,850-parameter linear model's training loss: a linear run's best, else this run's k=0 trials."""
+    if linear_run:
+        linear = pd.read_csv(Path(linear_run) / "trials.csv")
+        return "linear study best (7,850 params)", float(linear["final_train_loss"].min())
+    own = trials[(trials["stage"] == "grid") & (trials["k"] == 0) & trials["error"].eq("")]
+    return ("linear, same training (7,850 params)", float(own["final_train_loss"].min())) if len(own) else None
+
+
+def draw(trials: pd.DataFrame, path: Path, linear_run: str | None = None) -> None:
     """Final train and test loss against depth, one curve per P, the linear model as a reference line."""
     grid = trials[(trials["stage"] == "grid") & trials["error"].eq("")]
     uniform = grid[grid["k"] > 0].groupby(["P", "k"], as_index=False)[["final_train_loss", "test_loss"]].mean()
-    linear = grid[grid["k"] == 0]
-    reference = ("linear (7,850 params)", linear["final_train_loss"].min()) if len(linear) else None
     plots.lines(path, uniform, "k", ["final_train_loss", "test_loss"], "P", logx=True,
-                title="Loss vs depth at a fixed parameter budget", reference=reference)
+                title="Loss vs depth at a fixed parameter budget", reference=reference(trials, linear_run))
+
+
+def report(run_dir: Path, out: Path | None = None) -> None:
+    from tune_mnist import runs
+
+    draw(read_table(run_dir / "trials.csv"), Path(out or run_dir) / "loss_vs_k.png",
+         runs.read(run_dir)["args"].get("linear_run"))
 
 
 def export(run_dir: Path, trials: pd.DataFrame, top: int = 1) -> dict[str, Any]:
@@ -151,7 +169,7 @@ def export(run_dir: Path, trials: pd.DataFrame, top: int = 1) -> dict[str, Any]:
 def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
     trials = pd.concat([run_stages(P, s, run_dir, data, res) for P in s["P"]], ignore_index=True)
     write_csv(run_dir / "trials.csv", trials)
-    draw(trials, run_dir / "loss_vs_k.png")
+    report(run_dir)
     best = export(run_dir, trials)
     summary: dict[str, Any] = {"trials": len(trials), "errors": int(trials["error"].ne("").sum())}
     for P, entries in best.items():
