@@ -1,0 +1,136 @@
+"""scaling, corruption, transplant and linear end to end through real Ray Tune, on MNIST subsets."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tune_mnist import cli
+from tune_mnist.files import read_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_study(results: Path, study: str, *flags: str) -> Path:
+    assert cli.main([study, "--smoke", "--results", str(results), "--name", "t", *flags]) == 0
+    return results / study / "t"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="module")
+def corruption_run(results, ray_session):
+    return run_study(results, "corruption")
+
+
+@pytest.fixture(scope="module")
+def scaling_run(results, ray_session):
+    return run_study(results, "scaling")
+
+
+@pytest.fixture(scope="module")
+def transplant_run(results, ray_session):
+    return run_study(results, "transplant")
+
+
+@pytest.fixture(scope="module")
+def linear_run(results, ray_session):
+    return run_study(results, "linear", "--epoch-counts", "10", "100")
+
+
+def test_corruption_p1_is_chance_and_p0_learns(corruption_run):
+    per_run = read_table(corruption_run / "results_per_run.csv")
+    assert len(per_run) == 2 * 1 * 2 * 2 and per_run["error"].eq("").all()  # families x acts x p x repeats
+    summary = read_table(corruption_run / "results_summary.csv")
+    assert set(summary.columns) >= {"family", "activation", "p", "mean", "std", "stderr", "repeats"}
+    assert (summary["repeats"] == 2).all()
+    for family in ("mlp", "cnn"):
+        cell = summary[summary["family"] == family].set_index("p")["mean"]
+        assert cell[1.0] < 0.2, f"{family} at p=1 should be near chance"
+        assert cell[0.0] > 0.6, f"{family} at p=0 should learn"
+        assert (corruption_run / f"accuracy_vs_p_{family}.png").stat().st_size > 10_000
+    runs = per_run[(per_run["family"] == "mlp") & (per_run["p"] == 0.0)]["test_acc"]
+    row = summary[(summary["family"] == "mlp") & (summary["p"] == 0.0)].iloc[0]
+    assert row["std"] == pytest.approx(runs.std(ddof=0)) and row["stderr"] == pytest.approx(runs.std(ddof=1) / 2 ** 0.5)
+
+
+def test_scaling_more_data_lowers_test_loss(scaling_run):
+    frame = read_table(scaling_run / "results.csv")
+    assert len(frame) == 4 and frame["error"].eq("").all()
+    by_fraction = frame.groupby("fraction")["test_loss"].mean()
+    assert by_fraction[0.5] < by_fraction[0.0625]
+    assert (frame["n_train"] == (frame["fraction"] * 4000).round()).all()
+    for name in ("heatmaps", "test_loss_vs_compute", "test_loss_vs_fraction", "test_loss_vs_width"):
+        assert (scaling_run / f"{name}.png").stat().st_size > 10_000
+
+
+def test_transplanted_layers_change_accuracy(transplant_run):
+    long = read_table(transplant_run / "results.csv")
+    assert len(long) == 2 * 3 * 2  # seeds x layers (128, 64, output) x directions
+    trained = long["trained_test_acc"].iloc[0]
+    init = long["init_test_acc"].iloc[0]
+    assert trained > 0.8 and init < 0.3
+    first_reset = long[(long["layer"] == 1) & (long["direction"] == "reset")]["test_acc"]
+    assert (first_reset < trained - 0.05).all(), "resetting the first layer must hurt the trained net"
+    summary = read_table(transplant_run / "results_summary.csv")
+    assert set(summary["direction"]) == {"reset", "graft"} and "test_acc_std" in summary
+    assert (transplant_run / "transplant.png").stat().st_size > 10_000
+
+
+def test_linear_baseline_beats_85_percent(linear_run):
+    trials = read_table(linear_run / "trials.csv")
+    assert (trials["params"] == 7850).all()
+    assert trials["test_acc"].max() > 0.85
+    table = read_table(linear_run / "step_size_x_epochs.csv")
+    assert set(table["epochs"]) == {10, 100} and len(table) == 4
+    init = trials[trials["grid"] == "init"]
+    assert len(init) == 2 * 2 and set(init["init_scale"]) == {0.0, 1.0}
+    assert (linear_run / "loss_curves.png").is_file() and (linear_run / "init_curves.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def budget_run(results, linear_run):
+    return run_study(results, "budget", "--P", "20000", "--trials", "0", "--max-depth", "2",
+                     "--linear-run", str(linear_run))
+
+
+def test_budget_draws_the_linear_run_as_reference(budget_run, linear_run):
+    meta = json.loads((budget_run / "run.json").read_text())
+    assert meta["args"]["linear_run"] == str(linear_run)
+    assert (budget_run / "loss_vs_k.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("study", ["budget", "scaling", "corruption", "transplant", "linear"])
+def test_notebook_executes_against_a_run(study, request, tmp_path, monkeypatch):
+    run_dir = request.getfixturevalue(f"{study}_run")
+    monkeypatch.setenv("TUNE_MNIST_RUN", str(run_dir))
+    monkeypatch.setenv("TUNE_MNIST_FIGURES", str(tmp_path / "figures"))
+    notebook = nbformat.read(REPO / "notebooks" / f"{study}.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 1 and len(images) == len(list((tmp_path / "figures").glob("*.png")))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["corruption", "--p", "1.5"], "p=1.5 is outside [0, 1]"),
+    (["corruption", "--p", "-0.1"], "outside [0, 1]"),
+    (["corruption", "--families", "rnn"], "unknown model family 'rnn'"),
+    (["corruption", "--activations", "swish"], "unknown activation 'swish'"),
+    (["corruption", "--repeats", "0"], "--repeats must be >= 1"),
+    (["scaling", "--fractions", "0"], "fraction 0.0 is outside (0, 1]"),
+    (["scaling", "--fractions", "1.5"], "outside (0, 1]"),
+    (["scaling", "--widths", "0"], "widths must be >= 1"),
+    (["transplant", "--lr", "0"], "--lr must be > 0"),
+    (["linear", "--step-sizes", "-1"], "--step-sizes must be > 0"),
+    (["budget", "--linear-run", "/nonexistent"], "is not a finished linear run"),
+])
+def test_study_bad_input(argv, message, tmp_path, capsys):
+    code = cli.main([*argv, "--results", str(tmp_path / "results")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err
+    assert not (tmp_path / "results").exists()
