@@ -135,11 +135,13 @@ def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
 def run(trainable: Callable, path: Path, res: Resources, data: Mnist, *,
         param_space: dict[str, Any] | None = None, metric: str = "val_loss", mode: str = "min",
         num_samples: int = 1, search_alg: Any = None, scheduler: Any = None,
-        shown: list[str] | None = None) -> tune.ResultGrid:
+        shown: list[str] | None = None, stop: dict[str, Any] | None = None,
+        time_budget_s: float | None = None, checkpoint_every: int = 0) -> tune.ResultGrid:
     """Runs (or, if `path` holds an interrupted run, resumes) one Tune experiment at `path`.
 
     Finished trials are never rerun on resume; unfinished and errored ones continue from their
     last checkpoint. The searcher's state (Optuna's history) is restored with the experiment.
+    `checkpoint_every` is for class trainables (function trainables checkpoint when they report).
     """
     wrapped = tune.with_resources(tune.with_parameters(trainable, data=data),
                                   {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
@@ -153,13 +155,16 @@ def run(trainable: Callable, path: Path, res: Resources, data: Mnist, *,
             tune_config=tune.TuneConfig(
                 metric=metric, mode=mode, num_samples=num_samples, search_alg=search_alg,
                 scheduler=scheduler, max_concurrent_trials=res.max_concurrent or None, reuse_actors=True,
+                time_budget_s=time_budget_s,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
-                name=path.name, storage_path=str(path.parent), verbose=0,
+                name=path.name, storage_path=str(path.parent), verbose=0, stop=stop,
                 callbacks=[TBXLoggerCallback(), Progress(path.name, metric, shown or [], num_samples if search_alg else None)],
                 failure_config=tune.FailureConfig(max_failures=res.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1, checkpoint_frequency=checkpoint_every,
+                    checkpoint_at_end=True if checkpoint_every else None),
             ),
         )
     return tuner.fit()

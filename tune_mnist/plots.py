@@ -51,6 +51,7 @@ def panels(path: Path, frame: pd.DataFrame, panel: str, x: str, y: str, *, yerr:
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.suptitle(title)
+    fig.tight_layout()
     save_figure(path, fig)
 
 
@@ -82,4 +83,29 @@ def grouped_bars(path: Path, frame: pd.DataFrame, x: str, group: str, y: str, ye
     ax.set(xlabel=x, ylabel=y, title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
+    save_figure(path, fig)
+
+
+def random_search(path: Path, result: dict) -> None:
+    """Four panels: generalisation gap, train vs val with the bests, best-so-far vs chance, val histogram."""
+    pairs = np.array(result["pairs"] or [[np.nan, np.nan]])
+    history = pd.DataFrame(result["history"])
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    gap, scatter, best, hist = axes.flat
+    gap.hist(pairs[:, 0] - pairs[:, 1], bins=40)
+    gap.set(title="generalisation gap of passing nets", xlabel="train acc - val acc", ylabel="nets")
+    scatter.scatter(pairs[:, 0], pairs[:, 1], s=4, alpha=0.4, label="passing nets")
+    if len(history):
+        scatter.scatter(history["train"], history["val"], color="r", s=16, label="new bests")
+        best.plot(history["index"], history["val"], "o-", label="best val")
+        best.plot(history["index"], history["test"], "s-", label="its test")
+        best.plot(history["index"], history["expected_best"], "k--", label="expected best of chance")
+    scatter.set(title="train vs val accuracy", xlabel="train acc", ylabel="val acc")
+    scatter.legend(fontsize=8)
+    best.set_xscale("log")
+    best.set(title=f"best so far ({result['evaluated']:,} nets)", xlabel="nets evaluated", ylabel="accuracy")
+    best.legend(fontsize=8)
+    hist.hist(pairs[:, 1], bins=40)
+    hist.set(title=f"val accuracy of the {result['passing']:,} passing nets", xlabel="val acc", ylabel="nets")
+    fig.tight_layout()
     save_figure(path, fig)

@@ -107,7 +107,9 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit
     model.train()
     for i in range(0, n, batch):
         idx = order[i:i + batch]
-        x, y = corrupt(train.x[idx], cfg.corruption, g), train.y[idx]
+        # full-batch steps see every image whatever the order: skip the copy a permuted gather makes
+        x, y = (train.x, train.y) if batch >= n else (train.x[idx], train.y[idx])
+        x = corrupt(x, cfg.corruption, g)
         logits = model(prepare(x, cfg.inputs))
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)

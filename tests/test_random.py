@@ -1,0 +1,80 @@
+"""The untrained-weight search: batched scores equal nn.Module's, resume is exact, outputs reload."""
+
+import json
+
+import pytest
+import torch
+
+from tune_mnist import cli, data, models
+from tune_mnist import random_search as rs
+from tune_mnist.train import evaluate
+
+
+@pytest.fixture(scope="module")
+def splits(mnist):
+    return rs.search_splits(mnist, 256, 1000, 1000, data_seed=0, device="cpu")
+
+
+def test_batched_scores_equal_a_plain_module_net_by_net(splits):
+    nets = rs.sample(96, 1.5, 0.5, torch.Generator().manual_seed(0), "cpu")
+    batched = rs.accuracy(nets, splits["train"])
+    net = models.tiny_cnn()
+    for i in range(96):
+        net.load_state_dict(rs.to_state_dict(nets, i))
+        assert evaluate(net, splits["train"])["acc"] == batched[i].item()
+    assert batched.max() > 0.15  # some random nets beat chance on 256 images
+
+
+def test_chunking_does_not_change_scores(splits, monkeypatch):
+    nets = rs.sample(40, 1.5, 0.5, torch.Generator().manual_seed(1), "cpu")
+    whole = rs.accuracy(nets, splits["val"])
+    monkeypatch.setattr(rs, "ACTIVATIONS_BUDGET", 512 * 4 * 144 * 4 * 3)  # 3 nets a chunk
+    assert torch.equal(rs.accuracy(nets, splits["val"]), whole)
+
+
+def test_splits_are_disjoint_and_fixed(mnist):
+    a = rs.search_splits(mnist, 256, 1000, 1000, 7, "cpu")
+    b = rs.search_splits(mnist, 256, 1000, 1000, 7, "cpu")
+    assert torch.equal(a["val"].x, b["val"].x) and len(a["train"]) == 256
+    flat = {name: {bytes(img.numpy().tobytes()) for img in (s.x[:200] * 255).byte()} for name, s in a.items()}
+    assert not flat["train"] & flat["val"] and not flat["val"] & flat["test"]
+
+
+def test_stopped_and_resumed_search_equals_one_straight_run(splits):
+    settings = rs.Settings(nets_per_step=300, seed=5)
+    straight = rs.Search(settings, splits)
+    for _ in range(4):
+        straight.step()
+    first = rs.Search(settings, splits)
+    for _ in range(2):
+        first.step()
+    saved = first.state_dict()
+    resumed = rs.Search(settings, splits)
+    resumed.load_state_dict(saved)
+    for _ in range(2):
+        resumed.step()
+    assert resumed.summary() == straight.summary()
+    assert resumed.pairs == straight.pairs and resumed.history == straight.history
+    assert straight.evaluated == 1200 and straight.failed_screen + len(straight.pairs) == 1200
+
+
+def test_expected_best_of_chance():
+    assert rs.expected_best(1, 5000) == pytest.approx(0.1 + (0.09 / 5000) ** 0.5 * (2 * 0.6931471805599453) ** 0.5)
+    assert rs.expected_best(10**6, 5000) > rs.expected_best(10**3, 5000) > 0.1
+
+
+def test_random_study_end_to_end(tmp_path, ray_session, mnist):
+    argv = ["random", "--smoke", "--weight-scales", "1.0", "2.0", "--results", str(tmp_path), "--name", "r"]
+    assert cli.main(argv) == 0
+    run_dir = tmp_path / "random" / "r"
+    folders = sorted((run_dir / "searches").iterdir())
+    assert [f.name for f in folders] == ["w1_b0.5_t0.2", "w2_b0.5_t0.2"]
+    result = json.loads((folders[0] / "search_results.json").read_text())
+    assert result["evaluated"] == 2048 and result["failed_screen"] + result["passing"] == 2048
+    assert len(result["pairs"]) == result["passing"] and result["history"]
+    assert (folders[0] / "random_search.png").stat().st_size > 10_000
+    val = rs.search_splits(mnist, 256, 1000, 1000, 0, "cpu")["val"]
+    kept = result["kept"][-1]
+    model = models.load(folders[0] / kept["file"])
+    assert evaluate(model, val)["acc"] == pytest.approx(kept["val"], abs=1e-9)
+    assert kept["val"] == result["history"][-1]["val"]

@@ -1,0 +1,153 @@
+"""Untrained-weight search: sample thousands of random TinyCNNs at once and score them together.
+
+All nets of a step live in stacked tensors; conv1 is one convolution with 4*N output channels,
+conv2 a grouped convolution (groups = N), the head a batched matmul. (On an H100 this beat a
+matmul-only layout, conv2 as gathered windows x batched GEMM, by 2x: see benchmarks/random_search.py.)
+TF32 is switched off where scores are computed, so they equal fp32 nn.Conv2d exactly. Nets that reach the screen
+threshold on the small train split go on to val; each new best on val is scored on test and kept.
+
+The expected best of pure chance after n nets, each scored on n_val images at chance rate p = 0.1,
+is p + sqrt(p(1-p)/n_val) * sqrt(2 ln n) (the maximum of n near-normal accuracies).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tune_mnist.data import DeviceSplit, Mnist, to_device
+
+CHANCE = 0.1
+SHAPES = {"w1": (4, 1, 5, 5), "b1": (4,), "w2": (8, 4, 5, 5), "b2": (8,), "w3": (10, 128), "b3": (10,)}
+TO_MODULE = {"w1": "0.weight", "b1": "0.bias", "w2": "2.weight", "b2": "2.bias", "w3": "5.weight", "b3": "5.bias"}
+KEEP = 25
+ACTIVATIONS_BUDGET = 256 * 2**20  # bytes of conv1 output per chunk: bounds memory whatever batch is asked
+
+
+def exact_fp32() -> None:
+    """cuDNN convolutions default to TF32 on Ampere and later; a score must not depend on the chip."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def sample(n: int, weight_scale: float, bias_scale: float, generator: torch.Generator,
+           device: torch.device | str) -> dict[str, torch.Tensor]:
+    """n nets' weights ~ N(0, weight_scale), biases ~ N(0, bias_scale), stacked on a leading axis."""
+    return {name: torch.randn((n, *shape), generator=generator, device=device)
+            * (bias_scale if name.startswith("b") else weight_scale) for name, shape in SHAPES.items()}
+
+
+def logits(nets: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """(nets, 10, images) logits: conv1 with 4N channels, conv2 grouped by net, batched head."""
+    n = nets["w1"].shape[0]
+    h = F.relu(F.conv2d(x, nets["w1"].reshape(n * 4, 1, 5, 5), nets["b1"].reshape(-1), stride=2))
+    h = F.relu(F.conv2d(h, nets["w2"].reshape(n * 8, 4, 5, 5), nets["b2"].reshape(-1), stride=2, groups=n))
+    h = h.reshape(len(x), n, 128).permute(1, 2, 0)
+    return torch.baddbmm(nets["b3"][:, :, None], nets["w3"], h)
+
+
+
+
+@torch.inference_mode()
+def accuracy(nets: dict[str, torch.Tensor], split: DeviceSplit) -> torch.Tensor:
+    """Accuracy of each net on the split, (nets,), chunked over nets and images to bound memory."""
+    n = nets["w1"].shape[0]
+    correct = torch.zeros(n, device=split.x.device, dtype=torch.long)
+    image_chunk = 512
+    net_chunk = max(1, ACTIVATIONS_BUDGET // (image_chunk * 4 * 144 * 4))
+    for j in range(0, n, net_chunk):
+        part = {k: v[j:j + net_chunk] for k, v in nets.items()}
+        for i in range(0, len(split), image_chunk):
+            predicted = logits(part, split.x[i:i + image_chunk]).argmax(1)
+            correct[j:j + net_chunk] += (predicted == split.y[None, i:i + image_chunk]).sum(1)
+    return correct.double() / len(split)  # exact fractions, as evaluate() reports them
+
+
+def to_state_dict(nets: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    """Net i's weights under the names of models.tiny_cnn(), so a plain module loads them."""
+    return {TO_MODULE[k]: v[i].detach().cpu().clone() for k, v in nets.items()}
+
+
+def expected_best(n: int, n_val: int, p: float = CHANCE) -> float:
+    return p + math.sqrt(p * (1 - p) / n_val) * math.sqrt(2 * math.log(max(n, 2)))
+
+
+def search_splits(data: Mnist, n_train: int, n_val: int, n_test: int, data_seed: int,
+                  device: torch.device | str) -> dict[str, DeviceSplit]:
+    """Fixed, disjoint train/val/test splits drawn from MNIST's 60,000 training images by data_seed."""
+    x, y = torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])
+    if n_train + n_val + n_test > len(x):
+        raise ValueError(f"splits of {n_train}+{n_val}+{n_test} images need more than the {len(x)} available")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(data_seed))
+    a, b = n_train, n_train + n_val
+    pick = {"train": order[:a], "val": order[a:b], "test": order[b:b + n_test]}
+    parts = Mnist(*(t for name in ("train", "val", "test") for t in (x[pick[name]], y[pick[name]])))
+    return to_device(parts, device)
+
+
+@dataclass
+class Settings:
+    weight_scale: float = 1.5
+    bias_scale: float = 0.5
+    threshold: float = 0.20
+    nets_per_step: int = 4096
+    seed: int = 0
+
+
+class Search:
+    """The whole state of one search; state_dict() / load_state_dict() make it resumable exactly."""
+
+    def __init__(self, settings: Settings, splits: dict[str, DeviceSplit]):
+        self.s, self.splits = settings, splits
+        self.device = splits["train"].x.device
+        self.generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+        self.evaluated = self.failed_screen = 0
+        self.pairs: list[tuple[float, float]] = []     # (train, val) of every net that passed the screen
+        self.history: list[dict[str, float]] = []      # each new best on val
+        self.kept: list[dict[str, Any]] = []           # weights of the last KEEP bests
+
+    @property
+    def best_val(self) -> float:
+        return self.history[-1]["val"] if self.history else 0.0
+
+    def step(self) -> None:
+        nets = sample(self.s.nets_per_step, self.s.weight_scale, self.s.bias_scale, self.generator, self.device)
+        train = accuracy(nets, self.splits["train"])
+        passing = torch.nonzero(train >= self.s.threshold).flatten()
+        self.failed_screen += self.s.nets_per_step - len(passing)
+        if len(passing):
+            chosen = {k: v[passing] for k, v in nets.items()}
+            val = accuracy(chosen, self.splits["val"])
+            for j, (t, v) in enumerate(zip(train[passing].tolist(), val.tolist())):
+                self.pairs.append((t, v))
+                if v > self.best_val:
+                    self.record(chosen, j, int(passing[j]), t, v)
+        self.evaluated += self.s.nets_per_step
+
+    def record(self, nets: dict[str, torch.Tensor], j: int, index_in_step: int, train: float, val: float) -> None:
+        single = {k: v[j:j + 1] for k, v in nets.items()}
+        test = accuracy(single, self.splits["test"]).item()
+        index = self.evaluated + index_in_step + 1
+        self.history.append({"index": index, "train": train, "val": val, "test": test,
+                             "expected_best": expected_best(index, len(self.splits["val"]))})
+        self.kept = (self.kept + [{"index": index, "val": val, "state_dict": to_state_dict(nets, j)}])[-KEEP:]
+
+    def summary(self) -> dict[str, Any]:
+        best = self.history[-1] if self.history else {}
+        return {"evaluated": self.evaluated, "failed_screen": self.failed_screen, "passing": len(self.pairs),
+                "best_val": best.get("val", 0.0), "best_test": best.get("test", 0.0),
+                "expected_best": expected_best(self.evaluated, len(self.splits["val"]))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"settings": vars(self.s), "rng": self.generator.get_state(), "evaluated": self.evaluated,
+                "failed_screen": self.failed_screen, "pairs": self.pairs, "history": self.history,
+                "kept": self.kept}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["rng"].to("cpu"))
+        self.evaluated, self.failed_screen = state["evaluated"], state["failed_screen"]
+        self.pairs, self.history, self.kept = list(state["pairs"]), list(state["history"]), list(state["kept"])

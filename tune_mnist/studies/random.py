@@ -1,0 +1,136 @@
+"""random: search untrained-weight TinyCNNs. Which random nets beat chance on a small train split,
+how many of those generalise, and how does the best compare with the best pure chance would give?
+
+Runs until stopped (Ctrl-C saves and stops cleanly; --resume continues), --max-nets or --time-limit.
+
+    python -m tune_mnist random --time-limit 600 --weight-scales 0.5 1.5 3 --gpus-per-trial 0.25
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from ray import tune
+
+from tune_mnist import driver, models, plots
+from tune_mnist import random_search as rs
+from tune_mnist.data import Mnist
+from tune_mnist.errors import require
+from tune_mnist.files import write_csv, write_json
+
+NAME = "random"
+HELP = "untrained-weight search over random TinyCNNs, resumable, runs until stopped"
+COLUMNS = ["weight_scale", "bias_scale", "threshold"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weight-scales", type=float, nargs="+", help="weight std grid (default 1.5)")
+    p.add_argument("--bias-scales", type=float, nargs="+", help="bias std grid (default 0.5)")
+    p.add_argument("--thresholds", type=float, nargs="+", help="screen thresholds on train accuracy (default 0.20)")
+    p.add_argument("--nets-per-step", type=int, help="nets scored per step (default 4096)")
+    p.add_argument("--max-nets", type=int, help="stop each search after this many nets (default: never)")
+    p.add_argument("--time-limit", type=float, help="stop after this many seconds (default: never)")
+    p.add_argument("--n-train", type=int, help="train split size (default 256)")
+    p.add_argument("--n-val", type=int, help="val split size (default 5000)")
+    p.add_argument("--n-test", type=int, help="test split size (default 5000)")
+
+
+def check(s: dict[str, Any]) -> None:
+    for key in ("weight_scales", "bias_scales", "thresholds"):
+        require(len(s[key]) > 0, f"--{key.replace('_', '-')} must not be empty")
+    require(all(x > 0 for x in s["weight_scales"]), "--weight-scales must be > 0")
+    require(all(x >= 0 for x in s["bias_scales"]), "--bias-scales must be >= 0")
+    require(all(0 <= t <= 1 for t in s["thresholds"]), "--thresholds must be in [0, 1]")
+    require(s["nets_per_step"] >= 1, f"--nets-per-step must be >= 1, got {s['nets_per_step']}")
+    require(s["max_nets"] >= 0 and s["time_limit"] >= 0, "--max-nets and --time-limit must be >= 0")
+    require(min(s["n_train"], s["n_val"], s["n_test"]) >= 1, "split sizes must be >= 1")
+    require(s["n_train"] + s["n_val"] + s["n_test"] <= 60_000, "the three splits need more than 60,000 images")
+
+
+class RandomSearch(tune.Trainable):
+    """One search per trial: each step() samples and scores nets_per_step nets and reports the totals."""
+
+    def setup(self, config: dict[str, Any], data: Mnist) -> None:
+        rs.exact_fp32()
+        splits = rs.search_splits(data, config["n_train"], config["n_val"], config["n_test"], config["data_seed"],
+                                  driver.trial_device())
+        settings = rs.Settings(config["weight_scale"], config["bias_scale"], config["threshold"],
+                               config["nets_per_step"], config["seed"])
+        self.search = rs.Search(settings, splits)
+
+    def step(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        self.search.step()
+        return {**self.search.summary(), "nets_per_s": self.search.s.nets_per_step / (time.perf_counter() - start)}
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        torch.save(self.search.state_dict(), Path(checkpoint_dir) / "search.pt")
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        self.search.load_state_dict(torch.load(Path(checkpoint_dir) / "search.pt", weights_only=False))
+
+
+def tag(config: dict[str, Any]) -> str:
+    return f"w{config['weight_scale']:g}_b{config['bias_scale']:g}_t{config['threshold']:g}"
+
+
+def write_search(folder: Path, state: dict[str, Any], metrics: dict[str, Any], n_val: int) -> dict[str, Any]:
+    """search_results.json, the kept best weights as plain TinyCNN files, and the four-panel figure."""
+    kept = []
+    for k in state["kept"]:
+        file = folder / "best" / f"net_{k['index']}.pt"
+        model = models.tiny_cnn()
+        model.load_state_dict(k["state_dict"])
+        models.save(file, model, {"family": "tiny_cnn"}, index=k["index"], val_acc=k["val"])
+        kept.append({"index": k["index"], "val": k["val"], "file": str(file.relative_to(folder))})
+    result = {"evaluated": state["evaluated"], "failed_screen": state["failed_screen"], "passing": len(state["pairs"]),
+              "pairs": state["pairs"], "history": state["history"], "kept": kept, "settings": state["settings"],
+              "n_val": n_val, "expected_best": rs.expected_best(state["evaluated"], n_val),
+              "nets_per_s": metrics.get("nets_per_s")}
+    write_json(folder / "search_results.json", result)
+    draw(folder, folder / "random_search.png")
+    return result
+
+
+def draw(folder: Path, target: Path) -> None:
+    import json
+
+    plots.random_search(target, json.loads((folder / "search_results.json").read_text()))
+
+
+def report(run_dir: Path, out: Path | None = None) -> None:
+    for folder in sorted((run_dir / "searches").iterdir()):
+        draw(folder, Path(out) / f"{folder.name}.png" if out else folder / "random_search.png")
+
+
+def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
+    space = {k: s[k] for k in ("nets_per_step", "n_train", "n_val", "n_test", "data_seed", "seed")}
+    space.update(weight_scale=tune.grid_search(s["weight_scales"]), bias_scale=tune.grid_search(s["bias_scales"]),
+                 threshold=tune.grid_search(s["thresholds"]))
+    grid = driver.run(RandomSearch, run_dir / "tune" / "searches", res, data, param_space=space,
+                      metric="best_val", mode="max", shown=["weight_scale", "bias_scale", "evaluated"],
+                      stop={"evaluated": s["max_nets"]} if s["max_nets"] else None,
+                      time_budget_s=s["time_limit"] or None, checkpoint_every=1)
+    rows = []
+    for result in grid:
+        if result.checkpoint is None:
+            continue
+        with result.checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "search.pt", weights_only=False)
+        out = write_search(run_dir / "searches" / tag(result.config), state, result.metrics, s["n_val"])
+        best = out["history"][-1] if out["history"] else {}
+        rows.append({**{k: result.config[k] for k in COLUMNS}, "evaluated": out["evaluated"],
+                     "failed_screen": out["failed_screen"], "passing": out["passing"],
+                     "best_train": best.get("train"), "best_val": best.get("val"), "best_test": best.get("test"),
+                     "expected_best": out["expected_best"], "nets_per_s": out["nets_per_s"]})
+    table = pd.DataFrame(rows)
+    write_csv(run_dir / "searches.csv", table)
+    top = table.loc[table["best_val"].idxmax()] if len(table) and table["best_val"].notna().any() else {}
+    return {"searches": len(table), "nets": int(table["evaluated"].sum()) if len(table) else 0,
+            "best_val": top.get("best_val"), "best_test": top.get("best_test"),
+            "expected_best_of_chance": round(float(top.get("expected_best", 0.0)), 4)}
