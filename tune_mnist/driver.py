@@ -8,7 +8,9 @@ and report every epoch with a checkpoint holding the weights and the optimizer.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,10 +60,23 @@ class Resources:
     max_failures: int = 0          # retries of a trial that raised
 
 
+def _probe(address: str) -> None:
+    """Fails fast on a host:port nobody listens on; ray.init would retry for ~20 s, logging all the while."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"cannot reach a Ray cluster at --address {address}: {e.strerror or e}") from None
+
+
 def connect(res: Resources) -> None:
     """Starts or joins Ray, then checks the cluster can hold one trial at all."""
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        _probe(res.address)
         try:
             ray.init(address=res.address, include_dashboard=False, configure_logging=False,
                      log_to_driver=False)
@@ -117,7 +132,9 @@ def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         initial, start_epoch = state["initial"], state["epoch"]
-    fixed = {"params": models.n_params(model), "device": device.type, **(extra or {})}
+    fixed = {"params": models.n_params(model), "device": device.type, "started_at": time.time(),
+             "node_id": ray.get_runtime_context().get_node_id(),
+             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), **(extra or {})}
     splits = to_device(data, device)
 
     def report(metrics: dict[str, float]) -> None:
@@ -127,7 +144,8 @@ def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "initial": initial,
                         "epoch": metrics["epoch"]}, Path(d) / "state.pt")
             models.save(Path(d) / "model.pt", model, spec, **metrics)
-            tune.report({**metrics, **fixed}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**metrics, **fixed, "reported_at": time.time()},
+                        checkpoint=tune.Checkpoint.from_directory(d))
 
     fit(model, splits, cfg, on_epoch=report, opt=opt, start_epoch=start_epoch)
 

@@ -6,6 +6,7 @@ a run resumed from an epoch checkpoint continues exactly as the uninterrupted ru
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -117,7 +118,10 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit
         opt.step()
         total += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()
-    return {"train_loss": total.item() / n, "train_acc": correct.item() / n}
+    loss = total.item() / n
+    if not math.isfinite(loss):  # a diverged trial fails loudly; Tune records it and the study goes on
+        raise FloatingPointError(f"training loss is {loss} in epoch {epoch + 1} (lr={cfg.lr}): the run diverged")
+    return {"train_loss": loss, "train_acc": correct.item() / n}
 
 
 EpochHook = Callable[[dict[str, float]], None]

@@ -73,6 +73,7 @@ def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) ->
                        param_space={**common, "grid": "step_size", "lr": tune.grid_search(s["step_sizes"]),
                                     "seed": 0, "init_scale": 1.0})
     by_lr = driver.rows(first, COLUMNS)
+    require(by_lr["final_train_loss"].notna().any(), "every step size diverged: try smaller --step-sizes")
     best_lr = float(by_lr.loc[by_lr["final_train_loss"].idxmin(), "lr"])
     second = driver.run(trainable, run_dir / "tune" / "init", res, data, shown=["seed", "init_scale"],
                         param_space={**common, "grid": "init", "lr": best_lr,
@@ -87,7 +88,7 @@ def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) ->
     report(run_dir)
     best = trials.loc[trials["final_train_loss"].idxmin()]
     init = trials[trials["grid"] == "init"]
-    return {"best_lr": best_lr, "min_train_loss": round(float(best["final_train_loss"]), 4),
+    return {"trials": len(trials), "errors": int(trials["error"].ne("").sum()), "best_lr": best_lr, "min_train_loss": round(float(best["final_train_loss"]), 4),
             "test_loss": round(float(best["test_loss"]), 4), "train_acc": round(float(best["final_train_acc"]), 4),
             "test_acc": round(float(best["test_acc"]), 4),
             "init_spread_test_acc": round(float(init["test_acc"].max() - init["test_acc"].min()), 4)}
