@@ -108,6 +108,12 @@ def test_killed_run_resumes_and_finishes_every_trial_once(tmp_path):
     assert len(trials) == len(configured) == len(set(zip(trials.k, trials.seed)))
     assert set(zip(trials.k, trials.seed)) == configured
     assert (trials["training_iteration"] == 4).all() and trials["error"].isna().all()
+    straight = subprocess.run([sys.executable, "-m", "tune_mnist", *args[:-1], "straight"],
+                              capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0
+    same = read_trials(results / "budget" / "straight").set_index(["k", "seed"])["val_loss"]
+    resumed = trials.set_index(["k", "seed"])["val_loss"]
+    assert (resumed - same.loc[resumed.index]).abs().max() < 1e-6, "resumed run equals the uninterrupted run"
     for k, seed in finished:  # trials finished before the kill were not trained again
         row = trials[(trials.k == int(k[2:])) & (trials.seed == int(seed[5:]))].iloc[0]
         progress = pd.read_csv(run_dir / "tune" / "P20000-grid" / f"trial_{row.trial_id}" / "progress.csv")

@@ -26,9 +26,10 @@ def start_and_kill(args: list[str], marker: str, count: int) -> list[str]:
         hits += marker in line
         if hits >= count or time.time() > deadline:
             break
+    ended_early = proc.poll()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert hits >= count, "".join(seen[-40:])
+    assert hits >= count, f"process ended with {ended_early} before {count} x {marker}:\n" + "".join(seen[-60:])
     return seen
 
 

@@ -63,8 +63,9 @@ def corrupt(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tens
     return torch.where(mask, noise, x)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = model.parameters()
+def make_optimizer(model: nn.Module | list[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """For a module, or for the stacked parameter tensors of a population."""
+    params = model.parameters() if isinstance(model, nn.Module) else model
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":

@@ -1,0 +1,37 @@
+"""A population of R members equals R separate runs of the same seeds, member by member."""
+
+import pytest
+import torch
+
+from tune_mnist import data, models
+from tune_mnist import population as pop
+from tune_mnist.train import TrainConfig, fit
+
+
+@pytest.mark.parametrize("spec", [
+    {"family": "mlp", "widths": [64, 32], "activation": "tanh"},
+    {"family": "cnn", "channels": [8, 16], "hidden": 32, "activation": "relu"},
+])
+def test_members_equal_separate_runs(spec, mnist):
+    splits = data.to_device(data.subset(mnist, 2000, 500), "cpu")
+    seeds, corruption = [0, 1, 2], [0.0, 0.3, 0.6]
+    cfg = TrainConfig(epochs=2, batch_size=128, weight_decay=1e-4)
+    members = pop.fit(pop.Population(spec, seeds, "cpu"), splits, cfg, corruption)
+    for r, (seed, p) in enumerate(zip(seeds, corruption)):
+        torch.manual_seed(seed)
+        alone = fit(models.build(spec), splits, TrainConfig(**{**cfg.as_dict(), "seed": seed, "corruption": p}))
+        for key in ("final_train_loss", "val_loss", "test_loss", "train_loss"):
+            assert members[r][key] == pytest.approx(alone[key], rel=1e-5, abs=1e-6), (r, key)
+        assert members[r]["test_acc"] == pytest.approx(alone["test_acc"], abs=2e-3)
+    assert members[0]["test_acc"] > 0.3  # they learn
+
+
+def test_member_weights_load_into_a_plain_model():
+    spec = {"family": "mlp", "widths": [16], "activation": "relu"}
+    population = pop.Population(spec, [4, 5], "cpu")
+    torch.manual_seed(5)
+    alone = models.build(spec)
+    twin = models.build(spec)
+    twin.load_state_dict(population.member_state(1))
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(twin(x), alone(x))

@@ -1,0 +1,107 @@
+"""Population training: R members of one architecture trained as one stacked model.
+
+A lone MNIST-sized net leaves a GPU mostly idle; R of them stacked (torch.func.vmap over stacked
+parameters) fill it. Each member keeps its own seed (initialisation, data order) and corruption p and
+draws its shuffle and noise from the same per-(seed, epoch) generator a separate run uses, so member r
+reproduces `train.fit` with that seed (to float tolerance). The members share one Adam over the stacked
+parameters: exact, since Adam and its weight decay act elementwise and the loss is a sum of the members'
+own mean losses.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from tune_mnist import models
+from tune_mnist.data import DeviceSplit
+from tune_mnist.train import EVAL_CHUNK, TrainConfig, corrupt, epoch_generator, make_optimizer, prepare
+
+
+class Population:
+    """R models of one spec, initialised as separate runs with these seeds would be."""
+
+    def __init__(self, spec: dict[str, Any], seeds: Sequence[int], device: torch.device | str):
+        members = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            members.append(models.build(spec).to(device))
+        self.seeds = list(seeds)
+        self.params, self.buffers = stack_module_state(members)
+        self.base = copy.deepcopy(members[0]).to("meta")  # a stateless template for functional_call
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        """(R, batch, 10) logits; x is (R, batch, ...) or, with shared=True, one (batch, ...) for all."""
+        def one(params: dict, buffers: dict, xs: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.base, (params, buffers), (xs,))
+
+        return vmap(one, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, x)
+
+    def member_state(self, r: int) -> dict[str, torch.Tensor]:
+        return {k: v[r].detach().cpu().clone() for k, v in {**self.params, **self.buffers}.items()}
+
+
+@torch.inference_mode()
+def evaluate(pop: Population, split: DeviceSplit, inputs: str = "unit") -> list[dict[str, float]]:
+    loss = torch.zeros(len(pop), device=split.x.device)
+    correct = torch.zeros(len(pop), device=split.x.device, dtype=torch.long)
+    for i in range(0, len(split), EVAL_CHUNK):
+        logits = pop(prepare(split.x[i:i + EVAL_CHUNK], inputs), shared=True)
+        y = split.y[i:i + EVAL_CHUNK].expand(len(pop), -1)
+        loss += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(pop), -1).sum(1)
+        correct += (logits.argmax(-1) == y).sum(1)
+    n = len(split)
+    return [{"loss": l / n, "acc": c / n} for l, c in zip(loss.tolist(), correct.tolist())]
+
+
+def train_epoch(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit, cfg: TrainConfig,
+                corruption: Sequence[float], epoch: int) -> list[dict[str, float]]:
+    device = train.x.device
+    gens = [epoch_generator(replace(cfg, seed=s), epoch, device) for s in pop.seeds]
+    n, R = len(train), len(pop)
+    batch = cfg.batch_size or n
+    orders = torch.stack([torch.randperm(n, device=device, generator=g) for g in gens])
+    total = torch.zeros(R, device=device)
+    correct = torch.zeros(R, device=device, dtype=torch.long)
+    for i in range(0, n, batch):
+        idx = orders[:, i:i + batch]
+        x = torch.stack([corrupt(train.x[idx[r]], corruption[r], gens[r]) for r in range(R)])
+        y = train.y[idx]
+        logits = pop(prepare(x, cfg.inputs))
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(R, -1).mean(1)
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        opt.step()
+        total += losses.detach() * idx.shape[1]
+        correct += (logits.argmax(-1) == y).sum(1)
+    return [{"train_loss": t / n, "train_acc": c / n} for t, c in zip(total.tolist(), correct.tolist())]
+
+
+def fit(pop: Population, splits: dict[str, DeviceSplit], cfg: TrainConfig, corruption: Sequence[float],
+        on_epoch: Callable[[list[dict[str, float]]], None] | None = None) -> list[dict[str, float]]:
+    """train.fit for every member at once: per epoch, one metrics dict per member (same keys as train.fit)."""
+    opt = make_optimizer(list(pop.params.values()), cfg)
+    metrics: list[dict[str, float]] = []
+    for epoch in range(cfg.epochs):
+        start = time.perf_counter()
+        metrics = [{"epoch": epoch + 1, **m} for m in train_epoch(pop, opt, splits["train"], cfg, corruption, epoch)]
+        evaluations = {name: evaluate(pop, splits[name], cfg.inputs) for name in ("val", "test")}
+        if epoch + 1 == cfg.epochs:
+            evaluations["final_train"] = evaluate(pop, splits["train"], cfg.inputs)
+        for r, m in enumerate(metrics):
+            for name, per_member in evaluations.items():
+                m[f"{name}_loss"], m[f"{name}_acc"] = per_member[r]["loss"], per_member[r]["acc"]
+            m["epoch_seconds"] = (time.perf_counter() - start) / len(pop)
+        if on_epoch:
+            on_epoch(metrics)
+    return metrics
