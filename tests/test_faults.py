@@ -59,7 +59,9 @@ def test_killed_optuna_search_resumes_with_its_history(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     study = optuna.load_study(study_name="budget-P20000", storage=journal)
     finished = [t for t in study.trials if t.state.is_finished()]
-    assert len(finished) == 8, [t.state for t in study.trials]  # continued, not restarted: 8 in all, not 8 more
+    # continued, not restarted (that would add 8 more). A trial that finished between Ray's last experiment
+    # snapshot and the kill is run again by Ray, so the journal may hold it twice: at most one per slot.
+    assert 8 <= len(finished) <= 8 + 2, [t.state for t in study.trials]
     for before in told_before:  # what the sampler had learnt is still there, unchanged
         assert study.trials[before.number].params == before.params
     trials = read_table(run_dir / "trials.csv")

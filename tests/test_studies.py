@@ -13,9 +13,9 @@ from tune_mnist.files import read_table
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_study(results: Path, study: str, *flags: str) -> Path:
-    assert cli.main([study, "--smoke", "--results", str(results), "--name", "t", *flags]) == 0
-    return results / study / "t"
+def run_study(results: Path, study: str, *flags: str, name: str = "t") -> Path:
+    assert cli.main([study, "--smoke", "--results", str(results), "--name", name, *flags]) == 0
+    return results / study / name
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,18 @@ def test_corruption_p1_is_chance_and_p0_learns(corruption_run):
     runs = per_run[(per_run["family"] == "mlp") & (per_run["p"] == 0.0)]["test_acc"]
     row = summary[(summary["family"] == "mlp") & (summary["p"] == 0.0)].iloc[0]
     assert row["std"] == pytest.approx(runs.std(ddof=0)) and row["stderr"] == pytest.approx(runs.std(ddof=1) / 2 ** 0.5)
+
+
+def test_corruption_population_equals_separate_trials(corruption_run, results):
+    """--population 4: each trial trains 4 (p, seed) runs stacked; every run matches its separate trial."""
+    together = run_study(results, "corruption", "--population", "4", name="pop")
+    stacked = read_table(together / "results_per_run.csv").set_index(["family", "activation", "p", "seed"])
+    separate = read_table(corruption_run / "results_per_run.csv").set_index(["family", "activation", "p", "seed"])
+    assert len(stacked) == len(separate) == 8 and (stacked["population"] == 4).all()
+    for key in ("final_train_loss", "test_loss"):
+        diff = (stacked[key] - separate.loc[stacked.index, key]).abs()
+        assert diff.max() < 1e-4, key
+    assert (read_table(together / "results_summary.csv")["repeats"] == 2).all()
 
 
 def test_scaling_more_data_lowers_test_loss(scaling_run):

@@ -150,6 +150,42 @@ def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
     fit(model, splits, cfg, on_epoch=report, opt=opt, start_epoch=start_epoch)
 
 
+def train_population_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
+                              members: list[tuple[float, int]]) -> None:
+    """One trial, R members of `spec` as one stacked model; `members` holds each one's (corruption p, seed).
+
+    Each report carries every member's metrics under "m<r>/<key>" (rows() callers split them back into
+    one row per member; TensorBoard shows them as tags m<r>/...), plus their mean for Tune's metric.
+    A resumed population restarts from epoch 0: it is deterministic, so the result is the same.
+    """
+    from tune_mnist import population
+
+    cfg = TrainConfig.from_config(config)
+    device = trial_device()
+    pop = population.Population(spec, [seed for _, seed in members], device)
+    fixed = {"params": models.n_params(models.build(spec)), "device": device.type, "population": len(members),
+             "started_at": time.time(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    def report(per_member: list[dict[str, float]]) -> None:
+        flat = {f"m{r}/{k}": v for r, m in enumerate(per_member) for k, v in m.items()}
+        means = {k: sum(m[k] for m in per_member) / len(per_member) for k in per_member[0]}
+        tune.report({**means, **flat, **fixed, "reported_at": time.time()})
+
+    population.fit(pop, to_device(data, device), cfg, [p for p, _ in members], on_epoch=report)
+
+
+def member_rows(frame: pd.DataFrame, members_column: str, names: tuple[str, str]) -> pd.DataFrame:
+    """Splits each population trial's row into one row per member, named by its (p, seed)-like pair."""
+    out = []
+    for row in frame.to_dict("records"):
+        shared = {k: v for k, v in row.items() if not k.startswith("m") or "/" not in k}
+        shared.pop(members_column, None)
+        for r, pair in enumerate(row[members_column]):
+            member = {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith(f"m{r}/")}
+            out.append({**shared, **dict(zip(names, pair)), **member, "member": r})
+    return pd.DataFrame(out)
+
+
 def run(trainable: Callable, path: Path, res: Resources, data: Mnist, *,
         param_space: dict[str, Any] | None = None, metric: str = "val_loss", mode: str = "min",
         num_samples: int = 1, search_alg: Any = None, scheduler: Any = None,

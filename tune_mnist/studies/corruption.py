@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="epochs per run (default 3)")
     p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
     p.add_argument("--batch-size", type=int, help="minibatch size (default 128)")
+    p.add_argument("--population", type=int, help="runs trained together as one stacked model per trial "
+                                                  "(default 0: 16 on a GPU, 1 on a CPU, where stacking is slower)")
 
 
 def check(s: dict[str, Any]) -> None:
@@ -52,11 +54,21 @@ def check(s: dict[str, Any]) -> None:
     require(s["repeats"] >= 1, f"--repeats must be >= 1, got {s['repeats']}")
     require(s["epochs"] >= 1, f"--epochs must be >= 1, got {s['epochs']}")
     require(s["batch_size"] >= 1, f"--batch-size must be >= 1, got {s['batch_size']}")
+    require(s["population"] >= 0, f"--population must be >= 0, got {s['population']}")
 
 
 def trainable(config: dict[str, Any], data: Mnist) -> None:
     spec = {**SPECS[config["family"]], "activation": config["activation"]}
     driver.train_in_trial({**config, "corruption": config["p"]}, data, spec)
+
+
+def population_trainable(config: dict[str, Any], data: Mnist) -> None:
+    spec = {**SPECS[config["family"]], "activation": config["activation"]}
+    driver.train_population_in_trial(config, data, spec, [tuple(m) for m in config["members"]])
+
+
+def population_size(s: dict[str, Any], res: driver.Resources) -> int:
+    return s["population"] or (16 if res.gpus_per_trial > 0 else 1)
 
 
 def estimate(s: dict[str, Any], data: Mnist, res: driver.Resources) -> float:
@@ -107,11 +119,19 @@ def report(run_dir: Path, out: Path | None = None) -> None:
 def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
     estimate(s, data, res)
     space = {k: s[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay")}
-    space.update(family=tune.grid_search(s["families"]), activation=tune.grid_search(s["activations"]),
-                 p=tune.grid_search(s["p"]), seed=tune.grid_search(list(range(s["repeats"]))))
-    grid = driver.run(trainable, run_dir / "tune" / "grid", res, data, param_space=space,
-                      metric="test_acc", mode="max", shown=["family", "activation", "p"])
-    per_run = driver.rows(grid, COLUMNS)
+    space.update(family=tune.grid_search(s["families"]), activation=tune.grid_search(s["activations"]))
+    size = population_size(s, res)
+    if size > 1:  # the (p, seed) runs of one family and activation, R at a time, in one trial
+        runs = [[p, seed] for p in s["p"] for seed in range(s["repeats"])]
+        space["members"] = tune.grid_search([runs[i:i + size] for i in range(0, len(runs), size)])
+        grid = driver.run(population_trainable, run_dir / "tune" / "grid", res, data, param_space=space,
+                          metric="test_acc", mode="max", shown=["family", "activation", "population"])
+        per_run = driver.member_rows(driver.rows(grid, ["family", "activation", "members"]), "members", ("p", "seed"))
+    else:
+        space.update(p=tune.grid_search(s["p"]), seed=tune.grid_search(list(range(s["repeats"]))))
+        grid = driver.run(trainable, run_dir / "tune" / "grid", res, data, param_space=space,
+                          metric="test_acc", mode="max", shown=["family", "activation", "p"])
+        per_run = driver.rows(grid, COLUMNS)
     summary = summarise(per_run)
     write_csv(run_dir / "results_per_run.csv", per_run)
     write_csv(run_dir / "results_summary.csv", summary)
