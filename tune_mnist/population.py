@@ -55,9 +55,10 @@ class Population:
 def evaluate(pop: Population, split: DeviceSplit, inputs: str = "unit") -> list[dict[str, float]]:
     loss = torch.zeros(len(pop), device=split.x.device)
     correct = torch.zeros(len(pop), device=split.x.device, dtype=torch.long)
-    for i in range(0, len(split), EVAL_CHUNK):
-        logits = pop(prepare(split.x[i:i + EVAL_CHUNK], inputs), shared=True)
-        y = split.y[i:i + EVAL_CHUNK].expand(len(pop), -1)
+    chunk = max(64, EVAL_CHUNK // len(pop))  # every member's activations are alive at once
+    for i in range(0, len(split), chunk):
+        logits = pop(prepare(split.x[i:i + chunk], inputs), shared=True)
+        y = split.y[i:i + chunk].expand(len(pop), -1)
         loss += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(pop), -1).sum(1)
         correct += (logits.argmax(-1) == y).sum(1)
     n = len(split)

@@ -24,10 +24,13 @@ from tune_mnist.train import TrainConfig, make_optimizer, train_epoch
 NAME = "corruption"
 HELP = "activations x MLP/CNN x pixel-corruption p x repeats: mean, std, stderr per cell"
 COLUMNS = ["family", "activation", "p", "seed"]  # seed is the repeat index
-SPECS = {
-    "mlp": {"family": "mlp", "widths": [256, 128]},
-    "cnn": {"family": "cnn", "channels": [32, 64], "hidden": 128},
-}
+FAMILIES = ("mlp", "cnn")
+
+
+def spec(s: dict[str, Any], family: str, act: str = "relu") -> dict[str, Any]:
+    if family == "mlp":
+        return {"family": "mlp", "widths": s["mlp_widths"], "activation": act}
+    return {"family": "cnn", "channels": s["cnn_channels"], "hidden": s["cnn_hidden"], "activation": act}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="epochs per run (default 3)")
     p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
     p.add_argument("--batch-size", type=int, help="minibatch size (default 128)")
+    p.add_argument("--mlp-widths", type=int, nargs="+", help="MLP hidden widths (default 256 128)")
+    p.add_argument("--cnn-channels", type=int, nargs="+", help="CNN conv channels (default 32 64)")
     p.add_argument("--population", type=int, help="runs trained together as one stacked model per trial "
                                                   "(default 0: 16 on a GPU, 1 on a CPU, where stacking is slower)")
 
@@ -48,7 +53,7 @@ def check(s: dict[str, Any]) -> None:
     for a in s["activations"]:
         require(a in models.ACTIVATIONS, f"unknown activation {a!r}; choose from {', '.join(models.ACTIVATIONS)}")
     for f in s["families"]:
-        require(f in SPECS, f"unknown model family {f!r}; choose from {', '.join(SPECS)}")
+        require(f in FAMILIES, f"unknown model family {f!r}; choose from {', '.join(FAMILIES)}")
     for p in s["p"]:
         require(0 <= p <= 1, f"corruption p={p} is outside [0, 1]")
     require(s["repeats"] >= 1, f"--repeats must be >= 1, got {s['repeats']}")
@@ -58,13 +63,13 @@ def check(s: dict[str, Any]) -> None:
 
 
 def trainable(config: dict[str, Any], data: Mnist) -> None:
-    spec = {**SPECS[config["family"]], "activation": config["activation"]}
-    driver.train_in_trial({**config, "corruption": config["p"]}, data, spec)
+    driver.train_in_trial({**config, "corruption": config["p"]}, data,
+                          spec(config, config["family"], config["activation"]))
 
 
 def population_trainable(config: dict[str, Any], data: Mnist) -> None:
-    spec = {**SPECS[config["family"]], "activation": config["activation"]}
-    driver.train_population_in_trial(config, data, spec, [tuple(m) for m in config["members"]])
+    driver.train_population_in_trial(config, data, spec(config, config["family"], config["activation"]),
+                                     [tuple(m) for m in config["members"]])
 
 
 def population_size(s: dict[str, Any], res: driver.Resources) -> int:
@@ -83,7 +88,7 @@ def estimate(s: dict[str, Any], data: Mnist, res: driver.Resources) -> float:
     steps_per_run = s["epochs"] * -(-len(data.train_x) // s["batch_size"])
     per_family = {}
     for family in s["families"]:
-        model = models.build({**SPECS[family], "activation": "relu"}).to(device)
+        model = models.build(spec(s, family)).to(device)
         cfg = TrainConfig(batch_size=s["batch_size"], corruption=0.5)
         opt = make_optimizer(model, cfg)
         train_epoch(model, opt, splits["train"], cfg, 0)  # warm-up
@@ -102,6 +107,8 @@ def estimate(s: dict[str, Any], data: Mnist, res: driver.Resources) -> float:
 def summarise(per_run: pd.DataFrame) -> pd.DataFrame:
     """Mean, population std and standard error (sample std / sqrt(n)) of test accuracy per cell."""
     ok = per_run[per_run["error"].eq("")]
+    if ok.empty:
+        return pd.DataFrame(columns=["family", "activation", "p", "mean", "std", "repeats", "stderr"])
     grouped = ok.groupby(["family", "activation", "p"])["test_acc"]
     summary = grouped.agg(mean="mean", std=lambda a: float(np.std(a, ddof=0)), repeats="count").reset_index()
     sample_std = grouped.std(ddof=1).fillna(0.0).to_numpy()
@@ -118,7 +125,8 @@ def report(run_dir: Path, out: Path | None = None) -> None:
 
 def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
     estimate(s, data, res)
-    space = {k: s[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay")}
+    space = {k: s[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "mlp_widths",
+                                "cnn_channels", "cnn_hidden")}
     space.update(family=tune.grid_search(s["families"]), activation=tune.grid_search(s["activations"]))
     size = population_size(s, res)
     if size > 1:  # the (p, seed) runs of one family and activation, R at a time, in one trial
@@ -136,6 +144,6 @@ def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) ->
     write_csv(run_dir / "results_per_run.csv", per_run)
     write_csv(run_dir / "results_summary.csv", summary)
     report(run_dir)
-    clean = summary[summary["p"] == summary["p"].min()]["mean"].mean()
+    clean = summary[summary["p"] == summary["p"].min()]["mean"].mean() if len(summary) else float("nan")
     return {"runs": len(per_run), "errors": int(per_run["error"].ne("").sum()),
             "mean_test_acc_at_min_p": round(float(clean), 4)}

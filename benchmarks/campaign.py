@@ -1,0 +1,47 @@
+"""The robustness campaign through the real `corruption` command: 3 activations x 2 families
+(MLP 1024-512-256, 15 epochs; CNN 32-64-128, 20 epochs) x 10 values of p x 40 repeats = 2,400 runs.
+
+One 10-minute command cannot hold it all, so this times a slice — every activation, family and p, with
+--repeats R of the 40 — and extrapolates linearly in the repeats (R/40 of the runs; trials of one
+population run together, so the extrapolation is an upper bound when R < population).
+
+    python benchmarks/campaign.py --repeats 2 --population 20 --gpus-per-trial 0.5
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+
+P = ["0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--population", type=int, default=20)
+    p.add_argument("--gpus-per-trial", default="0.5")
+    p.add_argument("--families", nargs="+", default=["mlp", "cnn"])
+    args = p.parse_args()
+    total = 0.0
+    for family, epochs in (("mlp", "15"), ("cnn", "20")):
+        if family not in args.families:
+            continue
+        cmd = [sys.executable, "-m", "tune_mnist", "corruption", "--families", family, "--activations", "relu",
+               "tanh", "gelu", "--p", *P, "--repeats", str(args.repeats), "--epochs", epochs,
+               "--mlp-widths", "1024", "512", "256", "--cnn-channels", "32", "64", "128", "--batch-size", "128",
+               "--population", str(args.population), "--gpus-per-trial", args.gpus_per_trial,
+               "--name", f"campaign-{family}-{int(time.time())}"]
+        start = time.time()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.time() - start
+        summary = [line for line in done.stdout.splitlines() if line.startswith("STUDY=")]
+        runs = 3 * len(P) * args.repeats
+        print(f"{family}: {runs} runs in {wall:.0f} s (rc={done.returncode}) -> 1,200 runs in about "
+              f"{wall * 40 / args.repeats / 60:.1f} min   {summary[-1] if summary else done.stderr[-500:]}", flush=True)
+        total += wall * 40 / args.repeats
+    print(f"campaign of 2,400 runs, extrapolated from R={args.repeats} of 40 repeats: {total / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
