@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tune_mnist import cli, data, models
+from tune_mnist import cli, models
 from tune_mnist import random_search as rs
 from tune_mnist.train import evaluate
 

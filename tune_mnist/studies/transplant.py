@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from ray import tune
 
-from tune_mnist import driver, models, plots
+from tune_mnist import driver, plots
 from tune_mnist.data import DeviceSplit, Mnist
 from tune_mnist.errors import require
 from tune_mnist.files import read_table, write_csv
