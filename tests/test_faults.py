@@ -68,6 +68,20 @@ def test_killed_optuna_search_resumes_with_its_history(tmp_path):
     assert (trials["stage"] == "optuna").sum() == 8 and trials["trial_id"].is_unique
 
 
+def test_searcher_ignores_results_of_a_trial_optuna_already_closed():
+    """The resume race, made deterministic: Optuna was told before the kill, Ray reruns and reports."""
+    from tune_mnist.studies.budget import ResumableOptunaSearch
+
+    search = ResumableOptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)},
+                                   metric="val_loss", mode="min", seed=0)
+    search.suggest("t1")
+    search._ot_study.tell(search._ot_trials["t1"], 1.0)  # told before the kill (the journal has it)
+    search.on_trial_result("t1", {"val_loss": 0.5, "training_iteration": 1})  # Ray's rerun reports
+    search.on_trial_complete("t1", {"val_loss": 0.4, "training_iteration": 2})
+    (trial,) = search._ot_study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 1.0
+
+
 def test_atomic_write_leaves_no_half_file(tmp_path):
     target = tmp_path / "table.csv"
     target.write_text("old\n")

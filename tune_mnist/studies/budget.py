@@ -32,6 +32,21 @@ HELP = "fixed parameter budget: depth grid, then Optuna over layer-size vectors"
 COLUMNS = ["P", "stage", "k", "widths", "shape", "activation", "lr", "weight_decay", "seed"]
 
 
+class ResumableOptunaSearch(OptunaSearch):
+    """OptunaSearch that survives `--resume` after a hard kill.
+
+    A trial that finished between Ray's last experiment snapshot and the kill was already told to
+    Optuna (the journal is written at once); Ray runs it again on resume, and Ray's OptunaSearch then
+    reports to a finished Optuna trial, which raises and stops the study. Its first result stands.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)  # Ray's own guard: later results and completion are dropped
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--P", type=int, nargs="+", help="parameter budgets (default 100000; smallest 805)")
     p.add_argument("--trials", type=int, help="Optuna trials per P in stage 2 (default 12; 0 skips stage 2)")
@@ -108,7 +123,7 @@ def run_stages(P: int, s: dict[str, Any], run_dir: Path, data: Mnist, res: drive
                       shown=["k", "seed", "widths"])
     frames = [driver.rows(grid, COLUMNS)]
     if s["trials"]:
-        search = OptunaSearch(
+        search = ResumableOptunaSearch(
             space=functools.partial(define_space, P=P, s=s), metric="val_loss", mode="min", seed=0,
             study_name=f"budget-P{P}",
             storage=optuna.storages.JournalStorage(
