@@ -27,7 +27,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 RAY_COLUMNS = {"timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "date", "time_this_iter_s",
                "pid", "time_since_restore", "iterations_since_restore", "experiment_tag", "config"}
 
-from tune_mnist import models
+from tune_mnist import models, population
 from tune_mnist.data import Mnist, to_device
 from tune_mnist.errors import UserError
 from tune_mnist.train import TrainConfig, fit, make_optimizer
@@ -108,6 +108,12 @@ def trial_device() -> torch.device:
     return torch.device("cpu")
 
 
+def placement(device: torch.device) -> dict[str, Any]:
+    """Where and when a trial ran: its results rows show the spread over nodes and GPUs."""
+    return {"device": device.type, "node_id": ray.get_runtime_context().get_node_id(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "started_at": time.time()}
+
+
 Finish = Callable[[torch.nn.Module, dict[str, torch.Tensor], dict], dict[str, float]]
 
 
@@ -132,9 +138,7 @@ def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         initial, start_epoch = state["initial"], state["epoch"]
-    fixed = {"params": models.n_params(model), "device": device.type, "started_at": time.time(),
-             "node_id": ray.get_runtime_context().get_node_id(),
-             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), **(extra or {})}
+    fixed = {"params": models.n_params(model), **placement(device), **(extra or {})}
     splits = to_device(data, device)
 
     def report(metrics: dict[str, float]) -> None:
@@ -158,13 +162,10 @@ def train_population_in_trial(config: dict[str, Any], data: Mnist, spec: dict[st
     one row per member; TensorBoard shows them as tags m<r>/...), plus their mean for Tune's metric.
     A resumed population restarts from epoch 0: it is deterministic, so the result is the same.
     """
-    from tune_mnist import population
-
     cfg = TrainConfig.from_config(config)
     device = trial_device()
     pop = population.Population(spec, [seed for _, seed in members], device)
-    fixed = {"params": models.n_params(models.build(spec)), "device": device.type, "population": len(members),
-             "started_at": time.time(), "node_id": ray.get_runtime_context().get_node_id()}
+    fixed = {"params": models.n_params(models.build(spec)), "population": len(members), **placement(device)}
 
     def report(per_member: list[dict[str, float]]) -> None:
         flat = {f"m{r}/{k}": v for r, m in enumerate(per_member) for k, v in m.items()}
