@@ -35,3 +35,11 @@ def test_member_weights_load_into_a_plain_model():
     twin.load_state_dict(population.member_state(1))
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(twin(x), alone(x))
+
+
+def test_a_diverging_member_fails_the_population(mnist):
+    splits = data.to_device(data.subset(mnist, 1000, 200), "cpu")
+    population = pop.Population({"family": "mlp", "widths": [], "activation": "relu"}, [0, 1], "cpu")
+    cfg = TrainConfig(epochs=3, batch_size=0, optimizer="sgd", lr=1e38, inputs="center")
+    with pytest.raises(FloatingPointError, match="diverged"):
+        pop.fit(population, splits, cfg, [0.0, 0.0])

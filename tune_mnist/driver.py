@@ -135,7 +135,7 @@ def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
+            model.load_state_dict(models.load(Path(d) / "model.pt").state_dict())
         opt.load_state_dict(state["optimizer"])
         initial, start_epoch = state["initial"], state["epoch"]
     fixed = {"params": models.n_params(model), **placement(device), **(extra or {})}
@@ -145,8 +145,8 @@ def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
         if finish and metrics["epoch"] == cfg.epochs:
             metrics = {**metrics, **finish(model, initial, splits)}
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "initial": initial,
-                        "epoch": metrics["epoch"]}, Path(d) / "state.pt")
+            torch.save({"optimizer": opt.state_dict(), "initial": initial, "epoch": metrics["epoch"]},
+                       Path(d) / "state.pt")
             models.save(Path(d) / "model.pt", model, spec, **metrics)
             tune.report({**metrics, **fixed, "reported_at": time.time()},
                         checkpoint=tune.Checkpoint.from_directory(d))

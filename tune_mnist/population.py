@@ -22,7 +22,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from tune_mnist import models
 from tune_mnist.data import DeviceSplit
-from tune_mnist.train import EVAL_CHUNK, TrainConfig, corrupt, epoch_generator, make_optimizer, prepare
+from tune_mnist.train import (EVAL_CHUNK, TrainConfig, check_finite, corrupt, epoch_generator, make_optimizer,
+                              prepare)
 
 
 class Population:
@@ -85,7 +86,8 @@ def train_epoch(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit,
         opt.step()
         total += losses.detach() * idx.shape[1]
         correct += (logits.argmax(-1) == y).sum(1)
-    return [{"train_loss": t / n, "train_acc": c / n} for t, c in zip(total.tolist(), correct.tolist())]
+    return [{"train_loss": check_finite(t / n, cfg, epoch), "train_acc": c / n}
+            for t, c in zip(total.tolist(), correct.tolist())]
 
 
 def fit(pop: Population, splits: dict[str, DeviceSplit], cfg: TrainConfig, corruption: Sequence[float],

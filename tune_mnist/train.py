@@ -96,6 +96,13 @@ def epoch_generator(cfg: TrainConfig, epoch: int, device: torch.device) -> torch
     return torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + epoch)
 
 
+def check_finite(loss: float, cfg: TrainConfig, epoch: int) -> float:
+    """A diverged run fails loudly: Tune records the trial as failed and the study goes on."""
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"training loss is {loss} in epoch {epoch + 1} (lr={cfg.lr}): the run diverged")
+    return loss
+
+
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit, cfg: TrainConfig,
                 epoch: int) -> dict[str, float]:
     """One pass over the training split; losses stay on the device until the epoch ends."""
@@ -119,9 +126,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit
         opt.step()
         total += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()
-    loss = total.item() / n
-    if not math.isfinite(loss):  # a diverged trial fails loudly; Tune records it and the study goes on
-        raise FloatingPointError(f"training loss is {loss} in epoch {epoch + 1} (lr={cfg.lr}): the run diverged")
+    loss = check_finite(total.item() / n, cfg, epoch)
     return {"train_loss": loss, "train_acc": correct.item() / n}
 
 

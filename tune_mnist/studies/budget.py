@@ -24,7 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tune_mnist import budget, driver, plots
 from tune_mnist.data import Mnist
 from tune_mnist.errors import require
-from tune_mnist.files import read_table, write_csv, write_json
+from tune_mnist.files import atomic_write, read_table, write_csv, write_json
 from tune_mnist.models import ACTIVATIONS
 
 NAME = "budget"
@@ -140,7 +140,7 @@ def run_stages(P: int, s: dict[str, Any], run_dir: Path, data: Mnist, res: drive
 def reference(trials: pd.DataFrame, linear_run: str | None) -> tuple[str, float] | None:
     """The 7,850-parameter linear model's training loss: a linear run's best, else this run's k=0 trials."""
     if linear_run:
-        linear = pd.read_csv(Path(linear_run) / "trials.csv")
+        linear = read_table(Path(linear_run) / "trials.csv")
         return "linear study best (7,850 params)", float(linear["final_train_loss"].min())
     own = trials[(trials["stage"] == "grid") & (trials["k"] == 0) & trials["error"].eq("")]
     return ("linear, same training (7,850 params)", float(own["final_train_loss"].min())) if len(own) else None
@@ -169,9 +169,7 @@ def export(run_dir: Path, trials: pd.DataFrame, top: int = 1) -> dict[str, Any]:
         entries = []
         for rank, row in enumerate(part.nsmallest(top, "val_loss").itertuples(), start=1):
             target = run_dir / "best" / f"P{P}" / f"rank{rank}.pt"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(row.checkpoint) / "model.pt", target.with_suffix(".tmp"))
-            target.with_suffix(".tmp").replace(target)
+            atomic_write(target, functools.partial(shutil.copyfile, Path(row.checkpoint) / "model.pt"))
             entries.append({"rank": rank, "file": str(target.relative_to(run_dir)), "widths": row.widths,
                             "k": row.k, "params": row.params, "shape": row.shape, "activation": row.activation,
                             "val_loss": row.val_loss, "test_loss": row.test_loss, "test_acc": row.test_acc,
