@@ -36,6 +36,7 @@ CASES = {
     "zero cpus per trial": (["budget", "--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
     "negative train limit": (["budget", "--train-limit", "-5"], "--train-limit"),
     "unknown study": (["bogus"], "invalid choice"),
+    "storage URI of unknown scheme": (["budget", "--storage", "nosuchfs://bucket/x"], "cannot use --storage"),
 }
 
 

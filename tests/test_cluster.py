@@ -23,7 +23,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return best
 
 
-def test_study_runs_on_both_nodes_four_trials_on_two_logical_gpus(tmp_path):
+def test_study_runs_on_both_nodes_four_trials_on_two_logical_gpus_into_shared_storage(tmp_path):
     temp = f"/tmp/rc{os.getpid()}"  # our cluster's processes carry this in their command line: we stop only them
     port = free_port()
     # Ray 2.60 turns token auth on for `ray start --head`; this throwaway loopback cluster does without
@@ -39,12 +39,19 @@ def test_study_runs_on_both_nodes_four_trials_on_two_logical_gpus(tmp_path):
             [sys.executable, "-m", "tune_mnist", "budget", "--address", f"127.0.0.1:{port}",
              "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.25", "--P", "20000", "--trials", "0",
              "--max-depth", "32", "--seeds", "1", "--epochs", "3", "--train-limit", "8000", "--eval-limit", "1000",
-             "--results", str(tmp_path), "--name", "c"],
+             "--results", str(tmp_path), "--name", "c", "--storage", f"file://{tmp_path}/shared"],
             env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     finally:
         subprocess.run(["pkill", "-9", "-f", temp], check=False)
+    shared = tmp_path / "shared" / "budget" / "c"
+    for name in ("run.json", "trials.csv", "loss_vs_k.png", "best.json", "best/P20000/rank1.pt"):
+        assert (shared / name).is_file(), f"{name} was copied to the storage"
+    assert len(list(shared.glob("tune/P20000-grid/trial_*/events.out.tfevents*"))) == 11, "TensorBoard files"
+    assert not (tmp_path / "budget" / "c" / "tune").exists(), "Tune wrote to the storage, not the run folder"
+    assert not list(shared.rglob(".*.tmp")), "no temporary files left"
     trials = read_table(tmp_path / "budget" / "c" / "trials.csv")
+    assert trials["checkpoint"].str.startswith(str(shared / "tune")).all()
     assert len(trials) == 11 and trials["error"].eq("").all()
     assert trials["node_id"].nunique() == 2, "trials ran on both nodes"
     assert trials["cuda_visible_devices"].astype(str).eq("0").all(), "each trial saw the one logical GPU of its node"

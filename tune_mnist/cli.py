@@ -9,13 +9,14 @@ exists prints one line and exits 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from tune_mnist import data as mnist
-from tune_mnist import driver, runs, spaces
+from tune_mnist import driver, runs, spaces, storage
 from tune_mnist.errors import UserError, require
 from tune_mnist.files import read_table
 from tune_mnist.studies import STUDIES, budget
@@ -37,6 +38,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true", help="tiny data and epochs: checks the pipeline in a minute")
     p.add_argument("--train-limit", type=int, help="use only this many training images (0: all)")
     p.add_argument("--eval-limit", type=int, help="use only this many val and test images (0: all)")
+    p.add_argument("--storage", help="a folder every node mounts, or a URI (s3://bucket/path): trials, "
+                                     "TensorBoard files and a copy of the run folder go there")
     p.add_argument("--address", default="local", help="'local' (start Ray here), 'auto' or ray://host:10001")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="e.g. 0.25 packs four trials on a GPU")
@@ -85,15 +88,23 @@ def run_study(args: argparse.Namespace) -> int:
         s = settings(args)
         run_dir = runs.new_run_dir(Path(s["results"]), study.NAME, s.get("name"))
     study.check(s)
+    if s.get("storage"):
+        storage.resolve(s["storage"])  # an unknown scheme or bucket fails here, before anything is written
     require(s.get("train_limit", 0) >= 0 and s.get("eval_limit", 0) >= 0, "--train-limit/--eval-limit must be >= 0")
     data = mnist.subset(mnist.load(s.get("data")), s.get("train_limit") or None, s.get("eval_limit") or None)
     res = resources(s)
     driver.connect(res)
+    if s.get("storage"):
+        res = dataclasses.replace(res, storage=storage.join(s["storage"], study.NAME, run_dir.name))
+        storage.check(res.storage)
     if not args.resume:
         runs.start(run_dir, study.NAME, s)
-    print(f"tune_mnist {study.NAME}: run folder {run_dir}", flush=True)
+    print(f"tune_mnist {study.NAME}: run folder {run_dir}" + (f", shared copy {res.storage}" if res.storage else ""),
+          flush=True)
     start = time.time()
     summary = study.run(s, run_dir, data, res)
+    if res.storage:
+        storage.upload(run_dir, res.storage)
     fields = " ".join(f"{k}={v}" for k, v in summary.items())
     print(f"STUDY={study.NAME} run={run_dir} {fields} wall={time.time() - start:.1f}s", flush=True)
     return 0
@@ -106,6 +117,8 @@ def export(args: argparse.Namespace) -> int:
     require((run_dir / "trials.csv").is_file(), f"{run_dir} has no trials.csv: the run has not finished")
     require(args.top >= 1, f"--top must be >= 1, got {args.top}")
     best = budget.export(run_dir, read_table(run_dir / "trials.csv"), args.top)
+    if meta["args"].get("storage"):
+        storage.upload(run_dir, storage.join(meta["args"]["storage"], budget.NAME, run_dir.name))
     for P, entries in best.items():
         for e in entries:
             print(f"P={P} rank={e['rank']} widths={e['widths']} test_acc={e['test_acc']:.4f} -> {run_dir / e['file']}")

@@ -27,7 +27,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 RAY_COLUMNS = {"timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "date", "time_this_iter_s",
                "pid", "time_since_restore", "iterations_since_restore", "experiment_tag", "config"}
 
-from tune_mnist import models, population
+from tune_mnist import models, population, storage
 from tune_mnist.data import Mnist, to_device
 from tune_mnist.errors import UserError
 from tune_mnist.train import TrainConfig, fit, make_optimizer
@@ -58,6 +58,7 @@ class Resources:
     gpus_per_trial: float = 0.0    # 0.25 packs four trials on a GPU
     max_concurrent: int = 0        # 0: as many as the resources allow
     max_failures: int = 0          # retries of a trial that raised
+    storage: str = ""              # this run's folder in shared storage (storage.py); "": the run folder
 
 
 def _probe(address: str) -> None:
@@ -187,12 +188,12 @@ def member_rows(frame: pd.DataFrame, members_column: str, names: tuple[str, str]
     return pd.DataFrame(out)
 
 
-def run(trainable: Callable, path: Path, res: Resources, data: Mnist, *,
+def run(trainable: Callable, run_dir: Path, name: str, res: Resources, data: Mnist, *,
         param_space: dict[str, Any] | None = None, metric: str = "val_loss", mode: str = "min",
         num_samples: int = 1, search_alg: Any = None, scheduler: Any = None,
         shown: list[str] | None = None, stop: dict[str, Any] | None = None,
         time_budget_s: float | None = None, checkpoint_every: int = 0) -> tune.ResultGrid:
-    """Runs (or, if `path` holds an interrupted run, resumes) one Tune experiment at `path`.
+    """Runs (or, if it holds an interrupted run, resumes) the Tune experiment `name` of a run, in its tune/.
 
     Finished trials are never rerun on resume; unfinished and errored ones continue from their
     last checkpoint. The searcher's state (Optuna's history) is restored with the experiment.
@@ -200,9 +201,10 @@ def run(trainable: Callable, path: Path, res: Resources, data: Mnist, *,
     """
     wrapped = tune.with_resources(tune.with_parameters(trainable, data=data),
                                   {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
-    path = path.resolve()
-    if tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=wrapped, resume_unfinished=True, resume_errored=True)
+    experiments = storage.join(res.storage or str(run_dir), "tune")
+    if tune.Tuner.can_restore(f"{experiments}/{name}"):
+        tuner = tune.Tuner.restore(f"{experiments}/{name}", trainable=wrapped, resume_unfinished=True,
+                                   resume_errored=True)
     else:
         tuner = tune.Tuner(
             wrapped,
@@ -214,8 +216,8 @@ def run(trainable: Callable, path: Path, res: Resources, data: Mnist, *,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
-                name=path.name, storage_path=str(path.parent), verbose=0, stop=stop,
-                callbacks=[TBXLoggerCallback(), Progress(path.name, metric, shown or [], num_samples if search_alg else None)],
+                name=name, storage_path=experiments, verbose=0, stop=stop,
+                callbacks=[TBXLoggerCallback(), Progress(name, metric, shown or [], num_samples if search_alg else None)],
                 failure_config=tune.FailureConfig(max_failures=res.max_failures),
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=1, checkpoint_frequency=checkpoint_every,
@@ -235,6 +237,6 @@ def rows(grid: tune.ResultGrid, keep_config: list[str]) -> pd.DataFrame:
         row["seconds"] = row.pop("time_total_s", None)
         row["trial_id"] = metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_")
         row["error"] = str(result.error).strip().splitlines()[-1][:300] if result.error else ""
-        row["checkpoint"] = result.checkpoint.path if result.checkpoint else ""
+        row["checkpoint"] = storage.checkpoint_location(result.checkpoint) if result.checkpoint else ""
         out.append(row)
     return pd.DataFrame(out)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_mnist import budget, driver, plots
+from tune_mnist import budget, driver, plots, storage
 from tune_mnist.data import Mnist
 from tune_mnist.errors import require
 from tune_mnist.files import atomic_write, read_table, write_csv, write_json
@@ -119,7 +118,7 @@ def run_stages(P: int, s: dict[str, Any], run_dir: Path, data: Mnist, res: drive
                   "weight_decay": 0.0,
                   "k": tune.grid_search([0, *budget.depth_grid(P, s["max_depth"])]),
                   "seed": tune.grid_search(list(range(s["seeds"])))}
-    grid = driver.run(trainable, run_dir / "tune" / f"P{P}-grid", res, data, param_space=grid_space,
+    grid = driver.run(trainable, run_dir, f"P{P}-grid", res, data, param_space=grid_space,
                       shown=["k", "seed", "widths"])
     frames = [driver.rows(grid, COLUMNS)]
     if s["trials"]:
@@ -130,7 +129,7 @@ def run_stages(P: int, s: dict[str, Any], run_dir: Path, data: Mnist, res: drive
                 optuna.storages.journal.JournalFileBackend(str((run_dir / "optuna.journal").resolve()))),
         )
         asha = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"], grace_period=1, reduction_factor=2)
-        found = driver.run(trainable, run_dir / "tune" / f"P{P}-optuna", res, data,
+        found = driver.run(trainable, run_dir, f"P{P}-optuna", res, data,
                            num_samples=s["trials"], search_alg=search, scheduler=asha,
                            shown=["widths", "activation", "epoch"])
         frames.append(driver.rows(found, COLUMNS))
@@ -169,7 +168,7 @@ def export(run_dir: Path, trials: pd.DataFrame, top: int = 1) -> dict[str, Any]:
         entries = []
         for rank, row in enumerate(part.nsmallest(top, "val_loss").itertuples(), start=1):
             target = run_dir / "best" / f"P{P}" / f"rank{rank}.pt"
-            atomic_write(target, functools.partial(shutil.copyfile, Path(row.checkpoint) / "model.pt"))
+            atomic_write(target, functools.partial(storage.fetch, f"{row.checkpoint}/model.pt"))
             entries.append({"rank": rank, "file": str(target.relative_to(run_dir)), "widths": row.widths,
                             "k": row.k, "params": row.params, "shape": row.shape, "activation": row.activation,
                             "val_loss": row.val_loss, "test_loss": row.test_loss, "test_acc": row.test_acc,

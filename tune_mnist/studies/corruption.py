@@ -132,12 +132,12 @@ def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) ->
     if size > 1:  # the (p, seed) runs of one family and activation, R at a time, in one trial
         runs = [[p, seed] for p in s["p"] for seed in range(s["repeats"])]
         space["members"] = tune.grid_search([runs[i:i + size] for i in range(0, len(runs), size)])
-        grid = driver.run(population_trainable, run_dir / "tune" / "grid", res, data, param_space=space,
+        grid = driver.run(population_trainable, run_dir, "grid", res, data, param_space=space,
                           metric="test_acc", mode="max", shown=["family", "activation", "population"])
         per_run = driver.member_rows(driver.rows(grid, ["family", "activation", "members"]), "members", ("p", "seed"))
     else:
         space.update(p=tune.grid_search(s["p"]), seed=tune.grid_search(list(range(s["repeats"]))))
-        grid = driver.run(trainable, run_dir / "tune" / "grid", res, data, param_space=space,
+        grid = driver.run(trainable, run_dir, "grid", res, data, param_space=space,
                           metric="test_acc", mode="max", shown=["family", "activation", "p"])
         per_run = driver.rows(grid, COLUMNS)
     summary = summarise(per_run)

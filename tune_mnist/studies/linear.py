@@ -69,13 +69,13 @@ def at_counts(curve: pd.DataFrame, counts: list[int]) -> pd.DataFrame:
 def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
     epochs = max(s["epoch_counts"])
     common = {"epochs": epochs, "eval_every": min(s["eval_every"], epochs)}
-    first = driver.run(trainable, run_dir / "tune" / "step_size", res, data, shown=["lr"],
+    first = driver.run(trainable, run_dir, "step_size", res, data, shown=["lr"],
                        param_space={**common, "grid": "step_size", "lr": tune.grid_search(s["step_sizes"]),
                                     "seed": 0, "init_scale": 1.0})
     by_lr = driver.rows(first, COLUMNS)
     require(by_lr["final_train_loss"].notna().any(), "every step size diverged: try smaller --step-sizes")
     best_lr = float(by_lr.loc[by_lr["final_train_loss"].idxmin(), "lr"])
-    second = driver.run(trainable, run_dir / "tune" / "init", res, data, shown=["seed", "init_scale"],
+    second = driver.run(trainable, run_dir, "init", res, data, shown=["seed", "init_scale"],
                         param_space={**common, "grid": "init", "lr": best_lr,
                                      "seed": tune.grid_search(list(range(s["seeds"]))),
                                      "init_scale": tune.grid_search(s["init_scales"])})

@@ -112,7 +112,7 @@ def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) ->
     space = {k: s[k] for k in ("nets_per_step", "n_train", "n_val", "n_test", "data_seed", "seed")}
     space.update(weight_scale=tune.grid_search(s["weight_scales"]), bias_scale=tune.grid_search(s["bias_scales"]),
                  threshold=tune.grid_search(s["thresholds"]))
-    grid = driver.run(RandomSearch, run_dir / "tune" / "searches", res, data, param_space=space,
+    grid = driver.run(RandomSearch, run_dir, "searches", res, data, param_space=space,
                       metric="best_val", mode="max", shown=["weight_scale", "bias_scale", "evaluated"],
                       stop={"evaluated": s["max_nets"]} if s["max_nets"] else None,
                       time_budget_s=s["time_limit"] or None, checkpoint_every=1)

@@ -83,7 +83,7 @@ def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) ->
     space = {k: s[k] for k in ("batch_size", "optimizer", "lr", "weight_decay", "activation", "epochs", "min_steps")}
     space.update(width=tune.grid_search(s["widths"]), fraction=tune.grid_search(s["fractions"]),
                  seed=tune.grid_search(seeds_for(s)))
-    grid = driver.run(trainable, run_dir / "tune" / "grid", res, data, param_space=space,
+    grid = driver.run(trainable, run_dir, "grid", res, data, param_space=space,
                       shown=["width", "fraction"], metric="test_loss")
     frame = driver.rows(grid, COLUMNS)
     write_csv(run_dir / "results.csv", frame)

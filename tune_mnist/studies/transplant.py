@@ -96,7 +96,7 @@ def report(run_dir: Path, out: Path | None = None) -> None:
 def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
     space = {k: s[k] for k in ("layers", "activation", "epochs", "batch_size", "optimizer", "lr", "inputs")}
     space["seed"] = tune.grid_search(list(range(s["seeds"])))
-    grid = driver.run(trainable, run_dir / "tune" / "seeds", res, data, param_space=space,
+    grid = driver.run(trainable, run_dir, "seeds", res, data, param_space=space,
                       metric="test_acc", mode="max", shown=["seed"])
     per_seed = driver.rows(grid, COLUMNS)
     long = long_table(per_seed)
