@@ -1,5 +1,6 @@
 """A real two-node Ray cluster started with the `ray` CLI on this machine, with logical GPUs."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -23,27 +24,34 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return best
 
 
-def test_study_runs_on_both_nodes_four_trials_on_two_logical_gpus_into_shared_storage(tmp_path):
-    temp = f"/tmp/rc{os.getpid()}"  # our cluster's processes carry this in their command line: we stop only them
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+@contextlib.contextmanager
+def cluster(*head_args: str):
+    """A head started with the `ray` CLI; yields its GCS port and stops every process of this cluster only."""
+    temp = f"/tmp/rc{os.getpid()}"  # our cluster's processes carry this in their command line
     port = free_port()
-    # Ray 2.60 turns token auth on for `ray start --head`; this throwaway loopback cluster does without
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    ray = [sys.executable, "-m", "ray.scripts.scripts"]
     try:
-        subprocess.run([*ray, "start", "--head", "--port", str(port), "--num-cpus", "1", "--num-gpus", "1",
-                        "--temp-dir", temp, "--include-dashboard", "false"], env=env, check=True,
-                       capture_output=True, timeout=180)
-        subprocess.run([*ray, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--num-gpus", "1"],
-                       env=env, check=True, capture_output=True, timeout=180)
+        subprocess.run([*RAY, "start", "--head", "--port", str(port), "--temp-dir", temp, "--include-dashboard",
+                        "false", *head_args], env=ENV, check=True, capture_output=True, timeout=180)
+        yield port
+    finally:
+        subprocess.run(["pkill", "-9", "-f", temp], check=False)
+
+
+def test_study_runs_on_both_nodes_four_trials_on_two_logical_gpus_into_shared_storage(tmp_path):
+    with cluster("--num-cpus", "1", "--num-gpus", "1") as port:
+        subprocess.run([*RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--num-gpus", "1"],
+                       env=ENV, check=True, capture_output=True, timeout=180)
         done = subprocess.run(
             [sys.executable, "-m", "tune_mnist", "budget", "--address", f"127.0.0.1:{port}",
              "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.25", "--P", "20000", "--trials", "0",
              "--max-depth", "32", "--seeds", "1", "--epochs", "3", "--train-limit", "8000", "--eval-limit", "1000",
              "--results", str(tmp_path), "--name", "c", "--storage", f"file://{tmp_path}/shared"],
-            env=env, capture_output=True, text=True, timeout=600)
+            env=ENV, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    finally:
-        subprocess.run(["pkill", "-9", "-f", temp], check=False)
     shared = tmp_path / "shared" / "budget" / "c"
     for name in ("run.json", "trials.csv", "loss_vs_k.png", "best.json", "best/P20000/rank1.pt"):
         assert (shared / name).is_file(), f"{name} was copied to the storage"
@@ -56,3 +64,15 @@ def test_study_runs_on_both_nodes_four_trials_on_two_logical_gpus_into_shared_st
     assert trials["node_id"].nunique() == 2, "trials ran on both nodes"
     assert trials["cuda_visible_devices"].astype(str).eq("0").all(), "each trial saw the one logical GPU of its node"
     assert max_overlap(list(zip(trials["started_at"], trials["reported_at"]))) == 4, "four trials at once on two GPUs"
+
+
+def test_ray_client_address_runs_a_study_and_shows_progress(tmp_path):
+    client_port = free_port()
+    with cluster("--num-cpus", "2", "--ray-client-server-port", str(client_port)):
+        done = subprocess.run(
+            [sys.executable, "-m", "tune_mnist", "linear", "--smoke", "--address", f"ray://127.0.0.1:{client_port}",
+             "--results", str(tmp_path), "--name", "r"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[init] 4/4 done" in done.stdout, "progress lines reach the client"
+    trials = read_table(tmp_path / "linear" / "r" / "trials.csv")
+    assert len(trials) == 6 and trials["error"].eq("").all() and trials["test_acc"].max() > 0.5

@@ -1,5 +1,6 @@
 """Faults: a diverging trial fails alone, a killed Optuna search resumes with its history, writes are atomic."""
 
+import json
 import os
 import signal
 import subprocess
@@ -66,6 +67,41 @@ def test_killed_optuna_search_resumes_with_its_history(tmp_path):
         assert study.trials[before.number].params == before.params
     trials = read_table(run_dir / "trials.csv")
     assert (trials["stage"] == "optuna").sum() == 8 and trials["trial_id"].is_unique
+
+
+@pytest.mark.parametrize("max_failures", [0, 1])
+def test_max_failures_retries_a_trial_whose_worker_died(tmp_path, max_failures):
+    """SIGKILL a trial's worker mid-training: with retries it resumes from its checkpoint, else it fails."""
+    args = ["budget", "--P", "20000", "--max-depth", "1", "--seeds", "1", "--trials", "0", "--epochs", "12",
+            "--eval-limit", "1000", "--max-concurrent", "1", "--max-failures", str(max_failures),
+            "--results", str(tmp_path), "--name", "f"]
+    proc = subprocess.Popen([sys.executable, "-m", "tune_mnist", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    tune_dir, deadline, victim = tmp_path / "budget" / "f" / "tune", time.time() + 300, None
+    try:
+        while victim is None and time.time() < deadline and proc.poll() is None:
+            for path in tune_dir.glob("*/trial_*/result.json"):
+                reports = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+                if 2 <= len(reports) < 10:  # mid-training, a checkpoint behind it
+                    victim = path, reports[-1]["pid"]
+                    os.kill(victim[1], signal.SIGKILL)
+                    break
+            time.sleep(0.05)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    assert victim, "no trial was caught mid-training"
+    assert proc.returncode == 0, out[-3000:]
+    trials = read_table(tmp_path / "budget" / "f" / "trials.csv")
+    killed = trials[trials["trial_id"] == victim[0].parent.name.removeprefix("trial_")]
+    reports = [json.loads(line) for line in victim[0].read_text().splitlines() if line.endswith("}")]
+    if max_failures:
+        assert trials["error"].eq("").all() and "errors=0" in out
+        assert {r["pid"] for r in reports} > {victim[1]}, "a new worker took the trial over"
+        assert [r["epoch"] for r in reports] == list(range(1, 13)), "resumed from its checkpoint, no epoch twice"
+    else:
+        assert "actor is dead" in killed["error"].iloc[0], killed["error"]
+        assert "errors=1" in out
 
 
 def test_searcher_ignores_results_of_a_trial_optuna_already_closed():

@@ -80,7 +80,7 @@ def connect(res: Resources) -> None:
         _probe(res.address)
         try:
             ray.init(address=res.address, include_dashboard=False, configure_logging=False,
-                     log_to_driver=False)
+                     log_to_driver=res.address.startswith("ray://"))  # a Ray Client run prints on the cluster
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot reach a Ray cluster at --address {res.address}: {first}") from None
