@@ -118,3 +118,27 @@ def test_killed_run_resumes_and_finishes_every_trial_once(tmp_path):
         row = trials[(trials.k == int(k[2:])) & (trials.seed == int(seed[5:]))].iloc[0]
         # one checkpoint per reported epoch: a rerun from scratch would have reached checkpoint_000007
         assert Path(row.checkpoint).name == "checkpoint_000003"
+
+
+def test_optuna_dashboard_opens_the_study_journal(run_dir):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["optuna-dashboard", str(run_dir / "optuna.journal"), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                studies = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2))
+                break
+            except OSError:
+                time.sleep(0.2)
+        names = {s["study_name"]: s["study_id"] for s in studies["study_summaries"]}
+        assert set(names) == {"budget-P5000", "budget-P20000"}
+        study = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{names['budget-P20000']}"))
+        assert [t["state"] for t in study["trials"]] == ["Complete"] * 3  # the smoke run's 3 Optuna trials
+    finally:
+        server.kill()
