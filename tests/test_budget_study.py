@@ -80,12 +80,17 @@ def test_export_command_writes_the_top_n(run_dir, capsys):
 
 
 def test_killed_run_resumes_and_finishes_every_trial_once(tmp_path):
-    """SIGKILL the whole process group (driver and Ray) mid-study, then --resume the run folder."""
+    """SIGKILL the whole process group (driver and Ray) mid-study, then --resume the run folder.
+
+    The killed run keeps its trials in --storage (a URI), so resume restores Tune from there; the
+    local resume is covered by test_faults' Optuna test.
+    """
     results = tmp_path / "results"
     args = ["budget", "--P", "20000", "--max-depth", "8", "--seeds", "2", "--epochs", "4", "--trials", "0",
             "--train-limit", "20000", "--eval-limit", "1000", "--results", str(results), "--name", "r"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tune_mnist", *args], stdout=subprocess.PIPE,
+    storage = ["--storage", f"file://{tmp_path}/shared"]
+    proc = subprocess.Popen([sys.executable, "-m", "tune_mnist", *args, *storage], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
     finished, seen = [], []
     deadline = time.time() + 240
@@ -118,6 +123,7 @@ def test_killed_run_resumes_and_finishes_every_trial_once(tmp_path):
         row = trials[(trials.k == int(k[2:])) & (trials.seed == int(seed[5:]))].iloc[0]
         # one checkpoint per reported epoch: a rerun from scratch would have reached checkpoint_000007
         assert Path(row.checkpoint).name == "checkpoint_000003"
+        assert row.checkpoint.startswith(f"{tmp_path}/shared/budget/r/tune/")
 
 
 def test_optuna_dashboard_opens_the_study_journal(run_dir):
