@@ -1,7 +1,9 @@
 """Population training: R members of one architecture trained as one stacked model.
 
-A lone MNIST-sized net leaves a GPU mostly idle; R of them stacked (torch.func.vmap over stacked
-parameters) fill it. Each member keeps its own seed (initialisation, data order) and corruption p and
+A lone MNIST-sized net leaves a GPU mostly idle; R of them stacked fill it. The stacked forward is
+written out layer by layer rather than with torch.func.vmap, whose batched convolutions are slow: the
+members' conv channels sit side by side in one grouped convolution (groups=R), and dense layers are
+one batched matmul over the members. Each member keeps its own seed (initialisation, data order) and corruption p and
 draws its shuffle and noise from the same per-(seed, epoch) generator a separate run uses, so member r
 reproduces `train.fit` with that seed (to float tolerance). The members share one Adam over the stacked
 parameters: exact, since Adam and its weight decay act elementwise and the loss is a sum of the members'
@@ -10,7 +12,6 @@ own mean losses.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -18,7 +19,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, stack_module_state, vmap
+from torch import nn
+from torch.func import stack_module_state
 
 from tune_mnist import models
 from tune_mnist.data import DeviceSplit
@@ -35,21 +37,42 @@ class Population:
             torch.manual_seed(seed)
             members.append(models.build(spec).to(device))
         self.seeds = list(seeds)
-        self.params, self.buffers = stack_module_state(members)
-        self.base = copy.deepcopy(members[0]).to("meta")  # a stateless template for functional_call
+        self.params, _ = stack_module_state(members)
+        self.layers = list(members[0].named_children())  # the layer sequence; weights come from self.params
 
     def __len__(self) -> int:
         return len(self.seeds)
 
     def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
-        """(R, batch, 10) logits; x is (R, batch, ...) or, with shared=True, one (batch, ...) for all."""
-        def one(params: dict, buffers: dict, xs: torch.Tensor) -> torch.Tensor:
-            return functional_call(self.base, (params, buffers), (xs,))
+        """(R, batch, 10) logits; x is (R, batch, ...) or, with shared=True, one (batch, ...) for all.
 
-        return vmap(one, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, x)
+        Activations move through three layouts: "shared" (batch, ...), one input for every member;
+        "channels" (batch, R*C, H, W), each member's conv channels side by side; "members" (R, batch, F).
+        """
+        R, h = len(self), x
+        layout = "shared" if shared else "members"
+        for name, layer in self.layers:
+            if isinstance(layer, nn.Conv2d):
+                w, b = self.params[f"{name}.weight"].flatten(0, 1), self.params[f"{name}.bias"].flatten()
+                if layout == "members":
+                    h = h.transpose(0, 1).flatten(1, 2)
+                h = F.conv2d(h, w, b, layer.stride, layer.padding, groups=1 if layout == "shared" else R)
+                layout = "channels"
+            elif isinstance(layer, nn.Flatten):
+                if layout == "channels":
+                    h, layout = h.reshape(h.shape[0], R, -1).transpose(0, 1), "members"
+                else:
+                    h = h.flatten(2 if layout == "members" else 1)
+            elif isinstance(layer, nn.Linear):  # a shared (batch, F) input broadcasts to every member
+                h = torch.baddbmm(self.params[f"{name}.bias"].unsqueeze(1), h.expand(R, *h.shape[-2:]),
+                                  self.params[f"{name}.weight"].transpose(1, 2))
+                layout = "members"
+            else:  # activations and pooling act per channel, in any layout
+                h = layer(h)
+        return h
 
     def member_state(self, r: int) -> dict[str, torch.Tensor]:
-        return {k: v[r].detach().cpu().clone() for k, v in {**self.params, **self.buffers}.items()}
+        return {k: v[r].detach().cpu().clone() for k, v in self.params.items()}
 
 
 @torch.inference_mode()

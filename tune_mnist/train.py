@@ -64,14 +64,18 @@ def corrupt(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tens
 
 
 def make_optimizer(model: nn.Module | list[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """For a module, or for the stacked parameter tensors of a population."""
-    params = model.parameters() if isinstance(model, nn.Module) else model
+    """For a module, or for the stacked parameter tensors of a population.
+
+    On a GPU the fused implementations update every parameter in one kernel instead of dozens.
+    """
+    params = list(model.parameters() if isinstance(model, nn.Module) else model)
+    fused = params[0].is_cuda or None
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
