@@ -3,7 +3,7 @@
 Both use the device-resident trainer, the same seeds, corruption 0.2 and batch size; the population
 stacks the R members (tune_mnist.population) and reproduces each separate run to float tolerance.
 
-    python benchmarks/population.py [--members 64] [--batch-size 512]
+    python benchmarks/population.py [--members 64] [--batch-size 128]
 """
 
 import argparse
@@ -36,7 +36,7 @@ def together(spec, splits, cfg, seeds, device):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--members", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=128, help="the corruption study's default")
     args = p.parse_args()
     device, data = setup()
     splits = to_device(data, device)

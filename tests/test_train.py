@@ -51,3 +51,16 @@ def test_save_and_load_round_trip(tmp_path):
     back = models.load(tmp_path / "m.pt")
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(back(x), net(x)) and back.info["test_acc"] == 0.5 and back.spec == spec
+
+
+def test_corruption_noise_is_uniform_at_rate_p_and_the_same_alone_or_in_a_population():
+    from tune_mnist.train import corrupt
+
+    clean = torch.zeros(2, 4000, 1, 28, 28)
+    noisy = corrupt(clean, [0.3, 1.0], seeds=[1, 2], epoch=0, start=0)
+    assert (noisy[0] != 0).float().mean().item() == pytest.approx(0.3, abs=0.002)
+    assert noisy[1].mean().item() == pytest.approx(0.5, abs=0.002)       # U[0, 1): mean 1/2,
+    assert noisy[1].var().item() == pytest.approx(1 / 12, abs=0.001)     # variance 1/12
+    alone = corrupt(clean[:1, :10], [1.0], seeds=[2], epoch=0, start=0)
+    assert torch.equal(alone[0], noisy[1, :10]), "a run's noise does not depend on its population"
+    assert not torch.equal(corrupt(clean[:1, :10], [1.0], [2], epoch=1, start=0), alone), "fresh each epoch"

@@ -24,8 +24,8 @@ from torch.func import stack_module_state
 
 from tune_mnist import models
 from tune_mnist.data import DeviceSplit
-from tune_mnist.train import (EVAL_CHUNK, TrainConfig, check_finite, corrupt, epoch_generator, make_optimizer,
-                              prepare)
+from tune_mnist.train import (EVAL_CHUNK, GraphedStep, TrainConfig, check_finite, corrupt, epoch_generator,
+                              make_optimizer, prepare)
 
 
 class Population:
@@ -90,7 +90,7 @@ def evaluate(pop: Population, split: DeviceSplit, inputs: str = "unit") -> list[
 
 
 def train_epoch(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit, cfg: TrainConfig,
-                corruption: Sequence[float], epoch: int) -> list[dict[str, float]]:
+                corruption: Sequence[float], epoch: int, graphs: bool = True) -> list[dict[str, float]]:
     device = train.x.device
     gens = [epoch_generator(replace(cfg, seed=s), epoch, device) for s in pop.seeds]
     n, R = len(train), len(pop)
@@ -98,17 +98,20 @@ def train_epoch(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit,
     orders = torch.stack([torch.randperm(n, device=device, generator=g) for g in gens])
     total = torch.zeros(R, device=device)
     correct = torch.zeros(R, device=device, dtype=torch.long)
-    for i in range(0, n, batch):
-        idx = orders[:, i:i + batch]
-        x = torch.stack([corrupt(train.x[idx[r]], corruption[r], gens[r]) for r in range(R)])
-        y = train.y[idx]
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         logits = pop(prepare(x, cfg.inputs))
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(R, -1).mean(1)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=False)
         losses.sum().backward()
         opt.step()
-        total += losses.detach() * idx.shape[1]
-        correct += (logits.argmax(-1) == y).sum(1)
+        total.add_(losses.detach() * y.shape[1])
+        correct.add_((logits.argmax(-1) == y).sum(1))
+
+    graphed = GraphedStep(step) if graphs else step
+    for i in range(0, n, batch):
+        idx = orders[:, i:i + batch]
+        graphed(corrupt(train.x[idx], corruption, pop.seeds, epoch, i), train.y[idx])
     return [{"train_loss": check_finite(t / n, cfg, epoch), "train_acc": c / n}
             for t, c in zip(total.tolist(), correct.tolist())]
 
