@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from tune_mnist import data, models
