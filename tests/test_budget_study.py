@@ -73,6 +73,19 @@ def test_exported_models_reload_with_the_same_test_accuracy(run_dir, mnist):
         assert evaluate(model, test)["acc"] == pytest.approx(entries[0]["test_acc"], abs=1e-9)
 
 
+def test_stage1_population_of_seeds_equals_separate_trials_and_exports(tmp_path, ray_session):
+    flags = ["budget", "--smoke", "--P", "20000", "--trials", "0", "--seeds", "2", "--results", str(tmp_path)]
+    assert cli.main([*flags, "--population", "2", "--name", "pop"]) == 0
+    assert cli.main([*flags, "--population", "1", "--name", "sep"]) == 0
+    stacked, separate = (read_trials(tmp_path / "budget" / name).set_index(["k", "seed"]) for name in ("pop", "sep"))
+    assert len(stacked) == len(separate) == 5 * 2 and (stacked["population"] == 2).all()
+    assert (stacked["val_loss"] / separate.loc[stacked.index, "val_loss"] - 1).abs().max() < 5e-4
+    best = json.loads((tmp_path / "budget" / "pop" / "best.json").read_text())["20000"][0]
+    model = models.load(tmp_path / "budget" / "pop" / best["file"])  # a member's own weights
+    splits = data.to_device(data.subset(data.load(), 4000, 1000), "cpu")
+    assert evaluate(model, splits["test"])["acc"] == pytest.approx(best["test_acc"], abs=1e-6)
+
+
 def test_export_command_writes_the_top_n(run_dir, capsys):
     assert cli.main(["export", str(run_dir), "--top", "2"]) == 0
     assert (run_dir / "best" / "P5000" / "rank2.pt").is_file()

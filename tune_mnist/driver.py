@@ -155,37 +155,72 @@ def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
     fit(model, splits, cfg, on_epoch=report, opt=opt, start_epoch=start_epoch)
 
 
+def population_size(requested: int, res: Resources) -> int:
+    """--population: 0 picks 16 on a GPU and 1 (separate trials) on a CPU, where stacking does not pay."""
+    return requested or (16 if res.gpus_per_trial > 0 else 1)
+
+
 def train_population_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
-                              members: list[tuple[float, int]]) -> None:
+                              members: list[tuple[float, int]], extra: dict[str, Any] | None = None) -> None:
     """One trial, R members of `spec` as one stacked model; `members` holds each one's (corruption p, seed).
 
-    Each report carries every member's metrics under "m<r>/<key>" (rows() callers split them back into
-    one row per member; TensorBoard shows them as tags m<r>/...), plus their mean for Tune's metric.
-    A resumed population restarts from epoch 0: it is deterministic, so the result is the same.
+    Each report carries every member's metrics under "m<r>/<key>" (member_rows splits them back into
+    one row per member; member_tensorboard gives each its own TensorBoard run), plus their mean for
+    Tune's metric. The last report's checkpoint holds each member's weights in m<r>/model.pt. A resumed
+    population restarts from epoch 0: it is deterministic, so the result is the same.
     """
     cfg = TrainConfig.from_config(config)
     device = trial_device()
     pop = population.Population(spec, [seed for _, seed in members], device)
-    fixed = {"params": models.n_params(models.build(spec)), "population": len(members), **placement(device)}
+    fixed = {"params": models.n_params(models.build(spec)), "population": len(members), **placement(device),
+             **(extra or {})}
 
     def report(per_member: list[dict[str, float]]) -> None:
         flat = {f"m{r}/{k}": v for r, m in enumerate(per_member) for k, v in m.items()}
         means = {k: sum(m[k] for m in per_member) / len(per_member) for k in per_member[0]}
-        tune.report({**means, **flat, **fixed, "reported_at": time.time()})
+        metrics = {**means, **flat, **fixed, "reported_at": time.time()}
+        if per_member[0]["epoch"] < cfg.epochs:
+            return tune.report(metrics)
+        with tempfile.TemporaryDirectory() as d:
+            for r, m in enumerate(per_member):
+                model = models.build(spec)
+                model.load_state_dict(pop.member_state(r))
+                models.save(Path(d) / f"m{r}" / "model.pt", model, spec, **m)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     population.fit(pop, to_device(data, device), cfg, [p for p, _ in members], on_epoch=report)
 
 
-def member_rows(frame: pd.DataFrame, members_column: str, names: tuple[str, str]) -> pd.DataFrame:
-    """Splits each population trial's row into one row per member, named by its (p, seed)-like pair."""
+def member_rows(frame: pd.DataFrame, members_column: str, names: tuple[str, ...]) -> pd.DataFrame:
+    """Splits each population trial's row into one row per member, named by its entry of `members_column`
+    (a (p, seed)-like tuple, or a bare seed), with the member's own checkpoint folder."""
     out = []
     for row in frame.to_dict("records"):
         shared = {k: v for k, v in row.items() if not k.startswith("m") or "/" not in k}
         shared.pop(members_column, None)
-        for r, pair in enumerate(row[members_column]):
+        for r, entry in enumerate(row[members_column]):
             member = {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith(f"m{r}/")}
-            out.append({**shared, **dict(zip(names, pair)), **member, "member": r})
+            entry = entry if isinstance(entry, (list, tuple)) else [entry]
+            checkpoint = f"{row['checkpoint']}/m{r}" if row["checkpoint"] else ""
+            out.append({**shared, **dict(zip(names, entry)), **member, "member": r, "checkpoint": checkpoint})
     return pd.DataFrame(out)
+
+
+def member_tensorboard(grid: tune.ResultGrid, folder: Path) -> None:
+    """One TensorBoard run per population member, folder/<trial>/m<r>, from each trial's reported history."""
+    from tensorboardX import SummaryWriter
+
+    for result in grid:
+        history = result.metrics_dataframe
+        if history is None or "population" not in history:
+            continue
+        for r in range(int(history["population"].iloc[-1])):
+            prefix = f"m{r}/"
+            with SummaryWriter(str(folder / Path(result.path).name / f"m{r}")) as writer:
+                for row in history.to_dict("records"):
+                    for key, value in row.items():
+                        if key.startswith(prefix) and key != f"{prefix}epoch" and isinstance(value, float):
+                            writer.add_scalar(key[len(prefix):], value, int(row[f"{prefix}epoch"]))
 
 
 def run(trainable: Callable, run_dir: Path, name: str, res: Resources, data: Mnist, *,

@@ -118,12 +118,14 @@ def train_epoch(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit,
 
 def fit(pop: Population, splits: dict[str, DeviceSplit], cfg: TrainConfig, corruption: Sequence[float],
         on_epoch: Callable[[list[dict[str, float]]], None] | None = None) -> list[dict[str, float]]:
-    """train.fit for every member at once: per epoch, one metrics dict per member (same keys as train.fit)."""
+    """train.fit for every member at once: per evaluated epoch, one metrics dict per member (train.fit's keys)."""
     opt = make_optimizer(list(pop.params.values()), cfg)
     metrics: list[dict[str, float]] = []
     for epoch in range(cfg.epochs):
         start = time.perf_counter()
         metrics = [{"epoch": epoch + 1, **m} for m in train_epoch(pop, opt, splits["train"], cfg, corruption, epoch)]
+        if (epoch + 1) % cfg.eval_every and epoch + 1 != cfg.epochs:
+            continue
         evaluations = {name: evaluate(pop, splits[name], cfg.inputs) for name in ("val", "test")}
         if epoch + 1 == cfg.epochs:
             evaluations["final_train"] = evaluate(pop, splits["train"], cfg.inputs)

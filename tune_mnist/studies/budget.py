@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--P", type=int, nargs="+", help="parameter budgets (default 100000; smallest 805)")
     p.add_argument("--trials", type=int, help="Optuna trials per P in stage 2 (default 12; 0 skips stage 2)")
     p.add_argument("--seeds", type=int, help="seeds per depth in stage 1 (default 2)")
+    p.add_argument("--population", type=int, help="stage-1 seeds of a depth trained together as one stacked "
+                                                  "model (default 0: up to 16 on a GPU, 1 on a CPU)")
     p.add_argument("--max-depth", type=int, help="largest k of the stage-1 grid (default 32)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default 5)")
     p.add_argument("--activation", help="stage-1 activation (default tanh)")
@@ -63,6 +65,7 @@ def check(s: dict[str, Any]) -> None:
     require(s["trials"] >= 0, f"--trials must be >= 0, got {s['trials']}")
     require(s["seeds"] >= 1, f"--seeds must be >= 1, got {s['seeds']}")
     require(s["max_depth"] >= 1, f"--max-depth must be >= 1, got {s['max_depth']}")
+    require(s["population"] >= 0, f"--population must be >= 0, got {s['population']}")
     require(s["epochs"] >= 1, f"--epochs must be >= 1, got {s['epochs']}")
     for act in [s["activation"], *s["activations"]]:
         require(act in ACTIVATIONS, f"unknown activation {act!r}; choose from {', '.join(ACTIVATIONS)}")
@@ -79,16 +82,25 @@ def widths_of(config: dict[str, Any]) -> list[int]:
     return [budget.width_for(k, config["P"])] * k if k else []
 
 
-def trainable(config: dict[str, Any], data: Mnist) -> None:
+def net(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trial's MLP spec and the columns that describe it."""
     widths = widths_of(config)
     if config["stage"] == "optuna":  # stage 1 takes m_P(k) as it is: the closest uniform net can miss by more
         params = budget.count(widths)
         if abs(params - config["P"]) > budget.TOLERANCE * config["P"]:
             raise ValueError(f"widths {widths} have {params} parameters, more than 1% from P={config['P']}")
     spec = {"family": "mlp", "widths": widths, "activation": config["activation"]}
-    extra = {"P": config["P"], "k": len(widths), "widths": budget.format_widths(widths),
-             "shape": config.get("shape", "uniform"), "stage": config["stage"]}
-    driver.train_in_trial(config, data, spec, extra)
+    return spec, {"P": config["P"], "k": len(widths), "widths": budget.format_widths(widths),
+                  "shape": config.get("shape", "uniform"), "stage": config["stage"]}
+
+
+def trainable(config: dict[str, Any], data: Mnist) -> None:
+    driver.train_in_trial(config, data, *net(config))
+
+
+def population_trainable(config: dict[str, Any], data: Mnist) -> None:
+    spec, extra = net(config)
+    driver.train_population_in_trial(config, data, spec, [(0.0, seed) for seed in config["seeds"]], extra)
 
 
 def training(s: dict[str, Any]) -> dict[str, Any]:
@@ -115,12 +127,19 @@ def define_space(trial: optuna.Trial, P: int, s: dict[str, Any]) -> dict[str, An
 
 def run_stages(P: int, s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> pd.DataFrame:
     grid_space = {**training(s), "P": P, "stage": "grid", "activation": s["activation"], "lr": s["lr"],
-                  "weight_decay": 0.0,
-                  "k": tune.grid_search([0, *budget.depth_grid(P, s["max_depth"])]),
-                  "seed": tune.grid_search(list(range(s["seeds"])))}
-    grid = driver.run(trainable, run_dir, f"P{P}-grid", res, data, param_space=grid_space,
-                      shown=["k", "seed", "widths"])
-    frames = [driver.rows(grid, COLUMNS)]
+                  "weight_decay": 0.0, "k": tune.grid_search([0, *budget.depth_grid(P, s["max_depth"])])}
+    seeds, size = list(range(s["seeds"])), driver.population_size(s["population"], res)
+    if size > 1:  # the seeds of a depth, `size` at a time, in one trial
+        grid_space["seeds"] = tune.grid_search([seeds[i:i + size] for i in range(0, len(seeds), size)])
+        grid = driver.run(population_trainable, run_dir, f"P{P}-grid", res, data, param_space=grid_space,
+                          shown=["k", "widths", "population"])
+        frames = [driver.member_rows(driver.rows(grid, [*COLUMNS[:-1], "seeds"]), "seeds", ("seed",))]
+        driver.member_tensorboard(grid, run_dir / "tensorboard" / f"P{P}-grid")
+    else:
+        grid_space["seed"] = tune.grid_search(seeds)
+        grid = driver.run(trainable, run_dir, f"P{P}-grid", res, data, param_space=grid_space,
+                          shown=["k", "seed", "widths"])
+        frames = [driver.rows(grid, COLUMNS)]
     if s["trials"]:
         search = ResumableOptunaSearch(
             space=functools.partial(define_space, P=P, s=s), metric="val_loss", mode="min", seed=0,

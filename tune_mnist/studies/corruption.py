@@ -72,10 +72,6 @@ def population_trainable(config: dict[str, Any], data: Mnist) -> None:
                                      [tuple(m) for m in config["members"]])
 
 
-def population_size(s: dict[str, Any], res: driver.Resources) -> int:
-    return s["population"] or (16 if res.gpus_per_trial > 0 else 1)
-
-
 def estimate(s: dict[str, Any], data: Mnist, res: driver.Resources) -> float:
     """Seconds the campaign should take: runs x measured seconds per run / concurrent trials.
 
@@ -128,13 +124,14 @@ def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) ->
     space = {k: s[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "mlp_widths",
                                 "cnn_channels", "cnn_hidden")}
     space.update(family=tune.grid_search(s["families"]), activation=tune.grid_search(s["activations"]))
-    size = population_size(s, res)
+    size = driver.population_size(s["population"], res)
     if size > 1:  # the (p, seed) runs of one family and activation, R at a time, in one trial
         runs = [[p, seed] for p in s["p"] for seed in range(s["repeats"])]
         space["members"] = tune.grid_search([runs[i:i + size] for i in range(0, len(runs), size)])
         grid = driver.run(population_trainable, run_dir, "grid", res, data, param_space=space,
                           metric="test_acc", mode="max", shown=["family", "activation", "population"])
         per_run = driver.member_rows(driver.rows(grid, ["family", "activation", "members"]), "members", ("p", "seed"))
+        driver.member_tensorboard(grid, run_dir / "tensorboard")
     else:
         space.update(p=tune.grid_search(s["p"]), seed=tune.grid_search(list(range(s["repeats"]))))
         grid = driver.run(trainable, run_dir, "grid", res, data, param_space=space,

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--master-seed", type=int, help="seed the per-cell seeds are drawn from (default 0)")
     p.add_argument("--epochs", type=int, help="epochs per run (default 5)")
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--population", type=int, help="seeds of a cell trained together as one stacked model "
+                                                  "(default 0: up to 16 on a GPU, 1 on a CPU)")
 
 
 def check(s: dict[str, Any]) -> None:
@@ -41,6 +43,7 @@ def check(s: dict[str, Any]) -> None:
         require(0 < f <= 1, f"fraction {f} is outside (0, 1]")
     require(s["seeds"] >= 1, f"--seeds must be >= 1, got {s['seeds']}")
     require(s["epochs"] >= 1, f"--epochs must be >= 1, got {s['epochs']}")
+    require(s["population"] >= 0, f"--population must be >= 0, got {s['population']}")
 
 
 def macs(width: int) -> int:
@@ -48,15 +51,29 @@ def macs(width: int) -> int:
     return 28 * 28 * 9 * width + 14 * 14 * 9 * width * 2 * width + 7 * 7 * 2 * width * 10
 
 
-def trainable(config: dict[str, Any], data: Mnist) -> None:
+def cell(config: dict[str, Any], data: Mnist) -> tuple[Mnist, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A cell's training subset, its config (epochs raised to min_steps), CNN spec and extra metrics.
+
+    The subset is drawn with the master seed, the same for every seed of the cell and nested across
+    fractions: seeds vary initialisation and data order, so a cell's seeds can train as one population.
+    """
     n = max(1, round(config["fraction"] * len(data.train_x)))
-    part = subset(data, n_train=n, seed=config["seed"])
-    steps_per_epoch = math.ceil(n / config["batch_size"])
-    epochs = max(config["epochs"], math.ceil(config["min_steps"] / steps_per_epoch))
+    part = subset(data, n_train=n, seed=config["master_seed"])
+    epochs = max(config["epochs"], math.ceil(config["min_steps"] / math.ceil(n / config["batch_size"])))
     spec = {"family": "cnn", "channels": [config["width"], 2 * config["width"]], "hidden": 0,
             "activation": config["activation"]}
-    driver.train_in_trial({**config, "epochs": epochs, "eval_every": epochs}, part, spec,
-                          {"n_train": n, "epochs_run": epochs, "compute": macs(config["width"]) * n * epochs})
+    extra = {"n_train": n, "epochs_run": epochs, "compute": macs(config["width"]) * n * epochs}
+    return part, {**config, "epochs": epochs, "eval_every": epochs}, spec, extra
+
+
+def trainable(config: dict[str, Any], data: Mnist) -> None:
+    part, config, spec, extra = cell(config, data)
+    driver.train_in_trial(config, part, spec, extra)
+
+
+def population_trainable(config: dict[str, Any], data: Mnist) -> None:
+    part, config, spec, extra = cell(config, data)
+    driver.train_population_in_trial(config, part, spec, [(0.0, seed) for seed in config["seeds"]], extra)
 
 
 def seeds_for(s: dict[str, Any]) -> list[int]:
@@ -80,12 +97,21 @@ def report(run_dir: Path, out: Path | None = None) -> None:
 
 
 def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
-    space = {k: s[k] for k in ("batch_size", "optimizer", "lr", "weight_decay", "activation", "epochs", "min_steps")}
-    space.update(width=tune.grid_search(s["widths"]), fraction=tune.grid_search(s["fractions"]),
-                 seed=tune.grid_search(seeds_for(s)))
-    grid = driver.run(trainable, run_dir, "grid", res, data, param_space=space,
-                      shown=["width", "fraction"], metric="test_loss")
-    frame = driver.rows(grid, COLUMNS)
+    space = {k: s[k] for k in ("batch_size", "optimizer", "lr", "weight_decay", "activation", "epochs", "min_steps",
+                                "master_seed")}
+    space.update(width=tune.grid_search(s["widths"]), fraction=tune.grid_search(s["fractions"]))
+    seeds, size = seeds_for(s), driver.population_size(s["population"], res)
+    if size > 1:  # a cell's seeds, `size` at a time, in one trial
+        space["seeds"] = tune.grid_search([seeds[i:i + size] for i in range(0, len(seeds), size)])
+        grid = driver.run(population_trainable, run_dir, "grid", res, data, param_space=space,
+                          shown=["width", "fraction", "population"], metric="test_loss")
+        frame = driver.member_rows(driver.rows(grid, ["width", "fraction", "seeds"]), "seeds", ("seed",))
+        driver.member_tensorboard(grid, run_dir / "tensorboard")
+    else:
+        space["seed"] = tune.grid_search(seeds)
+        grid = driver.run(trainable, run_dir, "grid", res, data, param_space=space,
+                          shown=["width", "fraction"], metric="test_loss")
+        frame = driver.rows(grid, COLUMNS)
     write_csv(run_dir / "results.csv", frame)
     report(run_dir)
     largest = frame[frame["fraction"] == frame["fraction"].max()].groupby("width")["test_loss"].mean()
