@@ -25,7 +25,7 @@ from torch.func import stack_module_state
 from tune_mnist import models
 from tune_mnist.data import DeviceSplit
 from tune_mnist.train import (EVAL_CHUNK, GraphedStep, TrainConfig, check_finite, corrupt, epoch_generator,
-                              make_optimizer, prepare)
+                              make_optimizer, noise_keys, prepare)
 
 
 class Population:
@@ -95,6 +95,7 @@ def train_epoch(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit,
     gens = [epoch_generator(replace(cfg, seed=s), epoch, device) for s in pop.seeds]
     n, R = len(train), len(pop)
     batch = cfg.batch_size or n
+    keys = noise_keys(corruption, pop.seeds, epoch, device)
     orders = torch.stack([torch.randperm(n, device=device, generator=g) for g in gens])
     total = torch.zeros(R, device=device)
     correct = torch.zeros(R, device=device, dtype=torch.long)
@@ -111,7 +112,7 @@ def train_epoch(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit,
     graphed = GraphedStep(step) if graphs else step
     for i in range(0, n, batch):
         idx = orders[:, i:i + batch]
-        graphed(corrupt(train.x[idx], corruption, pop.seeds, epoch, i), train.y[idx])
+        graphed(corrupt(train.x[idx], keys, i), train.y[idx])
     return [{"train_loss": check_finite(t / n, cfg, epoch), "train_acc": c / n}
             for t, c in zip(total.tolist(), correct.tolist())]
 

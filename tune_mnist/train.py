@@ -71,21 +71,32 @@ def _hash(z: torch.Tensor) -> torch.Tensor:
     return z ^ ((z >> 31) & ((1 << 33) - 1))
 
 
-def corrupt(x: torch.Tensor, p: Sequence[float], seeds: Sequence[int], epoch: int, start: int) -> torch.Tensor:
+def noise_keys(p: Sequence[float], seeds: Sequence[int], epoch: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One epoch's corruption for R runs as device tensors, made once per epoch (not per step: a
+    host-to-device copy each step would stall the loop); None when no run is corrupted."""
+    if max(p) <= 0:
+        return None
+    threshold = torch.tensor([q * 2**24 for q in p], device=device, dtype=torch.float64).view(-1, 1, 1)
+    runs = torch.tensor([s * 1_000_003 + epoch for s in seeds], device=device).view(-1, 1, 1) << 36
+    return threshold, runs
+
+
+def corrupt(x: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor] | None, start: int) -> torch.Tensor:
     """Replaces each pixel of runs' batches x (R, batch, ...) by U[0, 1) with probability p[r].
 
     The draws come from a counter-based hash of (seed, epoch, position in the epoch, pixel), not from
     a generator's stream, so R runs draw theirs in one pass and a run's noise is the same whether it
     trains alone (R = 1) or in a population: what makes a population member equal its separate run.
+    `keys` comes from noise_keys; `start` is the batch's first position in the epoch.
     """
-    if max(p) <= 0:
+    if keys is None:
         return x
+    threshold, runs = keys
     R, batch, pixels = x.shape[0], x.shape[1], x[0, 0].numel()
-    device = x.device
-    run = torch.tensor([s * 1_000_003 + epoch for s in seeds], device=device).view(R, 1, 1) << 36
-    position = torch.arange(start, start + batch, device=device).view(1, batch, 1) << 10
-    z = _hash(run + position + torch.arange(pixels, device=device))
-    replace = ((z >> 40) & 0xFFFFFF) < (torch.tensor(p, device=device, dtype=torch.float64) * 2**24).view(R, 1, 1)
+    position = torch.arange(start, start + batch, device=x.device).view(1, batch, 1) << 10
+    z = _hash(runs + position + torch.arange(pixels, device=x.device))
+    replace = ((z >> 40) & 0xFFFFFF) < threshold
     noise = (z & 0xFFFFFF).to(x.dtype) / 2**24
     return torch.where(replace, noise, x.view(R, batch, pixels)).view(x.shape)
 
@@ -181,6 +192,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit
     """
     device = train.x.device
     g = epoch_generator(cfg, epoch, device)
+    keys = noise_keys([cfg.corruption], [cfg.seed], epoch, device)
     n = len(train)
     batch = cfg.batch_size or n
     order = torch.randperm(n, device=device, generator=g)
@@ -202,7 +214,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit
         idx = order[i:i + batch]
         # full-batch steps see every image whatever the order: skip the copy a permuted gather makes
         x, y = (train.x, train.y) if batch >= n else (train.x[idx], train.y[idx])
-        graphed(corrupt(x[None], [cfg.corruption], [cfg.seed], epoch, i)[0], y)
+        graphed(corrupt(x[None], keys, i)[0], y)
     loss = check_finite(total.item() / n, cfg, epoch)
     return {"train_loss": loss, "train_acc": correct.item() / n}
 
