@@ -58,11 +58,13 @@ def test_corruption_noise_is_uniform_at_rate_p_and_the_same_alone_or_in_a_popula
     from tune_mnist.train import corrupt, noise_keys
 
     clean = torch.zeros(2, 4000, 1, 28, 28)
-    noisy = corrupt(clean, noise_keys([0.3, 1.0], seeds=[1, 2], epoch=0, device="cpu"), start=0)
+    samples = torch.arange(4000).expand(2, -1)
+    noisy = corrupt(clean, noise_keys([0.3, 1.0], seeds=[1, 2], epoch=0, device="cpu"), samples)
     assert (noisy[0] != 0).float().mean().item() == pytest.approx(0.3, abs=0.002)
     assert noisy[1].mean().item() == pytest.approx(0.5, abs=0.002)       # U[0, 1): mean 1/2,
     assert noisy[1].var().item() == pytest.approx(1 / 12, abs=0.001)     # variance 1/12
-    alone = corrupt(clean[:1, :10], noise_keys([1.0], [2], epoch=0, device="cpu"), start=0)
+    alone = corrupt(clean[:1, :10], noise_keys([1.0], [2], epoch=0, device="cpu"), samples[:1, :10])
     assert torch.equal(alone[0], noisy[1, :10]), "a run's noise does not depend on its population"
-    assert not torch.equal(corrupt(clean[:1, :10], noise_keys([1.0], [2], 1, "cpu"), 0), alone), "fresh each epoch"
+    assert not torch.equal(corrupt(clean[:1, :10], noise_keys([1.0], [2], 1, "cpu"), samples[:1, :10]), alone), \
+        "fresh each epoch"
     assert noise_keys([0.0, 0.0], [1, 2], 0, "cpu") is None

@@ -100,8 +100,9 @@ def train_epoch(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit,
     total = torch.zeros(R, device=device)
     correct = torch.zeros(R, device=device, dtype=torch.long)
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        logits = pop(prepare(x, cfg.inputs))
+    def step(idx: torch.Tensor) -> None:
+        y = train.y[idx]
+        logits = pop(prepare(corrupt(train.x[idx], keys, idx), cfg.inputs))
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(R, -1).mean(1)
         opt.zero_grad(set_to_none=False)
         losses.sum().backward()
@@ -111,8 +112,7 @@ def train_epoch(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit,
 
     graphed = GraphedStep(step) if graphs else step
     for i in range(0, n, batch):
-        idx = orders[:, i:i + batch]
-        graphed(corrupt(train.x[idx], keys, i), train.y[idx])
+        graphed(orders[:, i:i + batch])
     return [{"train_loss": check_finite(t / n, cfg, epoch), "train_acc": c / n}
             for t, c in zip(total.tolist(), correct.tolist())]
 

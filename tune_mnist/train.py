@@ -82,20 +82,19 @@ def noise_keys(p: Sequence[float], seeds: Sequence[int], epoch: int,
     return threshold, runs
 
 
-def corrupt(x: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor] | None, start: int) -> torch.Tensor:
+def corrupt(x: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor] | None, samples: torch.Tensor) -> torch.Tensor:
     """Replaces each pixel of runs' batches x (R, batch, ...) by U[0, 1) with probability p[r].
 
-    The draws come from a counter-based hash of (seed, epoch, position in the epoch, pixel), not from
-    a generator's stream, so R runs draw theirs in one pass and a run's noise is the same whether it
-    trains alone (R = 1) or in a population: what makes a population member equal its separate run.
-    `keys` comes from noise_keys; `start` is the batch's first position in the epoch.
+    The draws come from a counter-based hash of (seed, epoch, sample index, pixel), not from a
+    generator's stream: R runs draw theirs in one pass, a run's noise is the same whether it trains
+    alone (R = 1) or in a population (what makes a member equal its separate run), and a CUDA graph
+    can replay the draws. `keys` comes from noise_keys; samples (R, batch) are the images' indices.
     """
     if keys is None:
         return x
     threshold, runs = keys
     R, batch, pixels = x.shape[0], x.shape[1], x[0, 0].numel()
-    position = torch.arange(start, start + batch, device=x.device).view(1, batch, 1) << 10
-    z = _hash(runs + position + torch.arange(pixels, device=x.device))
+    z = _hash(runs + (samples.unsqueeze(-1) << 10) + torch.arange(pixels, device=x.device))
     replace = ((z >> 40) & 0xFFFFFF) < threshold
     noise = (z & 0xFFFFFF).to(x.dtype) / 2**24
     return torch.where(replace, noise, x.view(R, batch, pixels)).view(x.shape)
@@ -136,39 +135,39 @@ def evaluate(model: nn.Module, split: DeviceSplit, inputs: str = "unit") -> dict
 
 
 class GraphedStep:
-    """Calls step(x, y) (forward, backward, optimizer step, running sums), on a GPU from a CUDA graph.
+    """Calls step(idx) (gather, corrupt, forward, backward, optimizer step, running sums), on a GPU
+    replayed from a CUDA graph.
 
     A small net's training step is dozens of kernels that each take less GPU time than the host needs
     to launch them; replaying one captured graph launches them all at once (3.4x for the 32-64 CNN at
     batch 128 on an H100). The first `warmup` calls run eagerly on a side stream, as CUDA graph capture
     requires; then the step is captured once for the full batch shape and replayed with the new batch
-    copied into its static inputs. Other shapes (a last partial batch) and CPU tensors run eagerly.
-    The step must zero gradients with set_to_none=False, so they stay in the same memory.
+    indices copied into its static input. Other shapes (a last partial batch) and CPU tensors run
+    eagerly. The step must zero gradients with set_to_none=False, so they stay in the same memory.
     """
 
-    def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], None], warmup: int = 3):
+    def __init__(self, step: Callable[[torch.Tensor], None], warmup: int = 3):
         self.step, self.warmup = step, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.calls = 0
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def __call__(self, idx: torch.Tensor) -> None:
         self.calls += 1
-        if not x.is_cuda or (self.graph is not None and x.shape != self.x.shape):
-            return self.step(x, y)
+        if not idx.is_cuda or (self.graph is not None and idx.shape != self.idx.shape):
+            return self.step(idx)
         if self.calls <= self.warmup:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self.step(x, y)
+                self.step(idx)
             torch.cuda.current_stream().wait_stream(side)
             return None
         if self.graph is None:
-            self.x, self.y, self.graph = x.clone(), y.clone(), torch.cuda.CUDAGraph()
+            self.idx, self.graph = idx.clone(), torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.step(self.x, self.y)
+                self.step(self.idx)
         else:
-            self.x.copy_(x)
-            self.y.copy_(y)
+            self.idx.copy_(idx)
         self.graph.replay()
         return None
 
@@ -200,8 +199,11 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit
     correct = torch.zeros((), device=device, dtype=torch.long)
     model.train()
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        logits = model(prepare(x, cfg.inputs))
+    def step(idx: torch.Tensor) -> None:
+        # a full-batch step sees every image whatever the order: skip the copy a permuted gather makes
+        x, y = (train.x, train.y) if batch >= n else (train.x[idx], train.y[idx])
+        samples = torch.arange(n, device=device) if batch >= n else idx
+        logits = model(prepare(corrupt(x[None], keys, samples[None])[0], cfg.inputs))
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=False)
         loss.backward()
@@ -211,10 +213,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit
 
     graphed = GraphedStep(step) if graphs else step
     for i in range(0, n, batch):
-        idx = order[i:i + batch]
-        # full-batch steps see every image whatever the order: skip the copy a permuted gather makes
-        x, y = (train.x, train.y) if batch >= n else (train.x[idx], train.y[idx])
-        graphed(corrupt(x[None], keys, i)[0], y)
+        graphed(order[i:i + batch])
     loss = check_finite(total.item() / n, cfg, epoch)
     return {"train_loss": loss, "train_acc": correct.item() / n}
 
