@@ -42,7 +42,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
                                      "TensorBoard files and a copy of the run folder go there")
     p.add_argument("--address", default="local", help="'local' (start Ray here), 'auto' or ray://host:10001")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="e.g. 0.25 packs four trials on a GPU")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share of a trial (default: 0.5 if the cluster has "
+                                                         "GPUs, else 0); 0.25 packs four trials on a GPU")
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as resources allow)")
     p.add_argument("--max-failures", type=int, default=0, help="retries of a trial that raised")
 
@@ -73,9 +74,10 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def resources(s: dict[str, Any]) -> driver.Resources:
     require(s["cpus_per_trial"] > 0, f"--cpus-per-trial must be > 0, got {s['cpus_per_trial']}")
-    require(s["gpus_per_trial"] >= 0, f"--gpus-per-trial must be >= 0, got {s['gpus_per_trial']}")
+    require(s.get("gpus_per_trial") is None or s["gpus_per_trial"] >= 0,
+            f"--gpus-per-trial must be >= 0, got {s.get('gpus_per_trial')}")
     require(s["max_failures"] >= 0, f"--max-failures must be >= 0, got {s['max_failures']}")
-    return driver.Resources(**{k: s[k] for k in RESOURCE_FLAGS})
+    return driver.Resources(**{k: s.get(k) for k in RESOURCE_FLAGS})
 
 
 def run_study(args: argparse.Namespace) -> int:
@@ -93,7 +95,7 @@ def run_study(args: argparse.Namespace) -> int:
     require(s.get("train_limit", 0) >= 0 and s.get("eval_limit", 0) >= 0, "--train-limit/--eval-limit must be >= 0")
     data = mnist.subset(mnist.load(s.get("data")), s.get("train_limit") or None, s.get("eval_limit") or None)
     res = resources(s)
-    driver.connect(res)
+    res = driver.connect(res)
     if s.get("storage"):
         res = dataclasses.replace(res, storage=storage.join(s["storage"], study.NAME, run_dir.name))
         storage.check(res.storage)
