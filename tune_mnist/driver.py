@@ -164,6 +164,17 @@ def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
     fit(model, splits, cfg, on_epoch=report, opt=opt, start_epoch=start_epoch)
 
 
+def add_population_argument(p: "argparse.ArgumentParser", members: str) -> None:  # noqa: F821
+    """--population, for the studies whose runs of one architecture can train stacked."""
+    p.add_argument("--population", type=int, help=f"{members} trained together as one stacked model per trial "
+                                                  "(default 0: up to 16 on a GPU, 1 on a CPU, where stacking is slower)")
+
+
+def check_population(s: dict[str, Any]) -> None:
+    if s["population"] < 0:
+        raise UserError(f"--population must be >= 0, got {s['population']}")
+
+
 def population_size(requested: int, res: Resources) -> int:
     """--population: 0 picks 16 on a GPU and 1 (separate trials) on a CPU, where stacking does not pay."""
     return requested or (16 if res.gpus_per_trial > 0 else 1)

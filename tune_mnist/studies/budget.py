@@ -50,8 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--P", type=int, nargs="+", help="parameter budgets (default 100000; smallest 805)")
     p.add_argument("--trials", type=int, help="Optuna trials per P in stage 2 (default 12; 0 skips stage 2)")
     p.add_argument("--seeds", type=int, help="seeds per depth in stage 1 (default 2)")
-    p.add_argument("--population", type=int, help="stage-1 seeds of a depth trained together as one stacked "
-                                                  "model (default 0: up to 16 on a GPU, 1 on a CPU)")
+    driver.add_population_argument(p, "stage-1 seeds of a depth")
     p.add_argument("--max-depth", type=int, help="largest k of the stage-1 grid (default 32)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default 5)")
     p.add_argument("--activation", help="stage-1 activation (default tanh)")
@@ -65,7 +64,7 @@ def check(s: dict[str, Any]) -> None:
     require(s["trials"] >= 0, f"--trials must be >= 0, got {s['trials']}")
     require(s["seeds"] >= 1, f"--seeds must be >= 1, got {s['seeds']}")
     require(s["max_depth"] >= 1, f"--max-depth must be >= 1, got {s['max_depth']}")
-    require(s["population"] >= 0, f"--population must be >= 0, got {s['population']}")
+    driver.check_population(s)
     require(s["epochs"] >= 1, f"--epochs must be >= 1, got {s['epochs']}")
     for act in [s["activation"], *s["activations"]]:
         require(act in ACTIVATIONS, f"unknown activation {act!r}; choose from {', '.join(ACTIVATIONS)}")

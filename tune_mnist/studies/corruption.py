@@ -43,8 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="minibatch size (default 128)")
     p.add_argument("--mlp-widths", type=int, nargs="+", help="MLP hidden widths (default 256 128)")
     p.add_argument("--cnn-channels", type=int, nargs="+", help="CNN conv channels (default 32 64)")
-    p.add_argument("--population", type=int, help="runs trained together as one stacked model per trial "
-                                                  "(default 0: 16 on a GPU, 1 on a CPU, where stacking is slower)")
+    driver.add_population_argument(p, "(p, seed) runs of a family and activation")
 
 
 def check(s: dict[str, Any]) -> None:
@@ -59,7 +58,7 @@ def check(s: dict[str, Any]) -> None:
     require(s["repeats"] >= 1, f"--repeats must be >= 1, got {s['repeats']}")
     require(s["epochs"] >= 1, f"--epochs must be >= 1, got {s['epochs']}")
     require(s["batch_size"] >= 1, f"--batch-size must be >= 1, got {s['batch_size']}")
-    require(s["population"] >= 0, f"--population must be >= 0, got {s['population']}")
+    driver.check_population(s)
 
 
 def trainable(config: dict[str, Any], data: Mnist) -> None:

@@ -32,8 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--master-seed", type=int, help="seed the per-cell seeds are drawn from (default 0)")
     p.add_argument("--epochs", type=int, help="epochs per run (default 5)")
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--population", type=int, help="seeds of a cell trained together as one stacked model "
-                                                  "(default 0: up to 16 on a GPU, 1 on a CPU)")
+    driver.add_population_argument(p, "seeds of a cell")
 
 
 def check(s: dict[str, Any]) -> None:
@@ -43,7 +42,7 @@ def check(s: dict[str, Any]) -> None:
         require(0 < f <= 1, f"fraction {f} is outside (0, 1]")
     require(s["seeds"] >= 1, f"--seeds must be >= 1, got {s['seeds']}")
     require(s["epochs"] >= 1, f"--epochs must be >= 1, got {s['epochs']}")
-    require(s["population"] >= 0, f"--population must be >= 0, got {s['population']}")
+    driver.check_population(s)
 
 
 def macs(width: int) -> int:
