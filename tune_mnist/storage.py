@@ -7,7 +7,6 @@ With `--storage`, Tune writes each trial's results, checkpoints and TensorBoard 
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pyarrow.fs as pafs
