@@ -3,9 +3,10 @@
 A lone MNIST-sized net leaves a GPU mostly idle; R of them stacked fill it. The stacked forward is
 written out layer by layer rather than with torch.func.vmap, whose batched convolutions are slow: the
 members' conv channels sit side by side in one grouped convolution (groups=R), and dense layers are
-one batched matmul over the members. Each member keeps its own seed (initialisation, data order) and corruption p and
-draws its shuffle and noise from the same per-(seed, epoch) generator a separate run uses, so member r
-reproduces `train.fit` with that seed (to float tolerance). The members share one Adam over the stacked
+one batched matmul over the members. Each member keeps its own seed (initialisation, data order) and
+corruption p, and draws its shuffle from the per-(seed, epoch) generator and its noise from the
+(seed, epoch, image, pixel) hash a separate run uses, so member r reproduces `train.fit` with that
+seed (to float tolerance). The members share one Adam over the stacked
 parameters: exact, since Adam and its weight decay act elementwise and the loss is a sum of the members'
 own mean losses.
 """
