@@ -5,10 +5,13 @@ import time
 import torch
 
 from tune_mnist import data
+from tune_mnist.train import use_tf32
 
 
 def setup():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        use_tf32()  # as trials do
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device={name} torch={torch.__version__}", flush=True)
     return device, data.load()

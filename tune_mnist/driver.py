@@ -31,7 +31,7 @@ RAY_COLUMNS = {"timestamp", "checkpoint_dir_name", "should_checkpoint", "done", 
 from tune_mnist import models, population, storage
 from tune_mnist.data import Mnist, to_device
 from tune_mnist.errors import UserError
-from tune_mnist.train import TrainConfig, fit, make_optimizer
+from tune_mnist.train import TrainConfig, fit, make_optimizer, use_tf32
 
 
 class Progress(tune.Callback):
@@ -114,6 +114,7 @@ def trial_device() -> torch.device:
         share = ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0)
         if share < 1:  # Ray counts fractions but never enforces them: cap this trial's allocator
             torch.cuda.set_per_process_memory_fraction(share)
+        use_tf32()
         return torch.device("cuda")
     return torch.device("cpu")
 

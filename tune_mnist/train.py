@@ -134,6 +134,15 @@ def evaluate(model: nn.Module, split: DeviceSplit, inputs: str = "unit") -> dict
     return {"loss": loss.item() / n, "acc": correct.item() / n}
 
 
+def use_tf32() -> None:
+    """Matmuls in TF32 on a GPU, as PyTorch already runs cuDNN convolutions by default.
+
+    Measured on an H100 (16 members, 3 epochs, 20% corruption): MLP populations train 15-18% faster
+    and mean test accuracy moves by less than 0.001 (0.9718 vs 0.9715 for MLP 1024-512-256).
+    """
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+
 class GraphedStep:
     """Calls step(idx) (gather, corrupt, forward, backward, optimizer step, running sums), on a GPU
     replayed from a CUDA graph.

@@ -56,9 +56,10 @@ class RandomSearch(tune.Trainable):
     """One search per trial: each step() samples and scores nets_per_step nets and reports the totals."""
 
     def setup(self, config: dict[str, Any], data: Mnist) -> None:
-        rs.exact_fp32()
+        device = driver.trial_device()
+        rs.exact_fp32()  # after trial_device, which turns TF32 on for training
         splits = rs.search_splits(data, config["n_train"], config["n_val"], config["n_test"], config["data_seed"],
-                                  driver.trial_device())
+                                  device)
         settings = rs.Settings(config["weight_scale"], config["bias_scale"], config["threshold"],
                                config["nets_per_step"], config["seed"])
         self.search = rs.Search(settings, splits)
