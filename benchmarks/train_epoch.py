@@ -65,9 +65,10 @@ def main():
             runs[graphs] = timed(lambda: train_epoch(model, make_optimizer(model, cfg), splits["train"], cfg, 1,
                                                      graphs=graphs), device)
         (eager, eager_metrics), (ours, metrics) = runs[False], runs[True]
+        graphs = (f"eager steps {eager:.3f} s, CUDA graphs x{eager / ours:.1f}; train loss {metrics['train_loss']:.6f}"
+                  f" vs eager {eager_metrics['train_loss']:.6f}; ") if device.type == "cuda" else ""
         print(f"{label}: naive Dataset+DataLoader {naive:.2f} s/epoch, ours {ours:.3f} s/epoch, x{naive / ours:.1f}"
-              f"  (eager steps {eager:.3f} s, CUDA graphs x{eager / ours:.1f}; train loss {metrics['train_loss']:.6f}"
-              f" vs eager {eager_metrics['train_loss']:.6f}; batch {args.batch_size}, p=0.2, 55,000 images)", flush=True)
+              f"  ({graphs}batch {args.batch_size}, p=0.2, 55,000 images)", flush=True)
 
 
 if __name__ == "__main__":
