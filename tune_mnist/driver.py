@@ -176,9 +176,10 @@ def check_population(s: dict[str, Any]) -> None:
         raise UserError(f"--population must be >= 0, got {s['population']}")
 
 
-def population_size(requested: int, res: Resources) -> int:
-    """--population: 0 picks 16 on a GPU and 1 (separate trials) on a CPU, where stacking does not pay."""
-    return requested or (16 if res.gpus_per_trial > 0 else 1)
+def population_size(requested: int, res: Resources, runs: int) -> int:
+    """Members per trial for `runs` runs that can stack: --population, where 0 picks 16 on a GPU and 1
+    (separate trials) on a CPU, where stacking does not pay; never more than there are runs."""
+    return min(requested or (16 if res.gpus_per_trial > 0 else 1), runs)
 
 
 def train_population_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],

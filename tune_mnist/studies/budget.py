@@ -127,7 +127,8 @@ def define_space(trial: optuna.Trial, P: int, s: dict[str, Any]) -> dict[str, An
 def run_stages(P: int, s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> pd.DataFrame:
     grid_space = {**training(s), "P": P, "stage": "grid", "activation": s["activation"], "lr": s["lr"],
                   "weight_decay": 0.0, "k": tune.grid_search([0, *budget.depth_grid(P, s["max_depth"])])}
-    seeds, size = list(range(s["seeds"])), driver.population_size(s["population"], res)
+    seeds = list(range(s["seeds"]))
+    size = driver.population_size(s["population"], res, len(seeds))
     if size > 1:  # the seeds of a depth, `size` at a time, in one trial
         grid_space["seeds"] = tune.grid_search([seeds[i:i + size] for i in range(0, len(seeds), size)])
         grid = driver.run(population_trainable, run_dir, f"P{P}-grid", res, data, param_space=grid_space,

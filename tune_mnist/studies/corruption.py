@@ -123,7 +123,7 @@ def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) ->
     space = {k: s[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "mlp_widths",
                                 "cnn_channels", "cnn_hidden")}
     space.update(family=tune.grid_search(s["families"]), activation=tune.grid_search(s["activations"]))
-    size = driver.population_size(s["population"], res)
+    size = driver.population_size(s["population"], res, len(s["p"]) * s["repeats"])
     if size > 1:  # the (p, seed) runs of one family and activation, R at a time, in one trial
         runs = [[p, seed] for p in s["p"] for seed in range(s["repeats"])]
         space["members"] = tune.grid_search([runs[i:i + size] for i in range(0, len(runs), size)])

@@ -99,7 +99,8 @@ def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) ->
     space = {k: s[k] for k in ("batch_size", "optimizer", "lr", "weight_decay", "activation", "epochs", "min_steps",
                                 "master_seed")}
     space.update(width=tune.grid_search(s["widths"]), fraction=tune.grid_search(s["fractions"]))
-    seeds, size = seeds_for(s), driver.population_size(s["population"], res)
+    seeds = seeds_for(s)
+    size = driver.population_size(s["population"], res, len(seeds))
     if size > 1:  # a cell's seeds, `size` at a time, in one trial
         space["seeds"] = tune.grid_search([seeds[i:i + size] for i in range(0, len(seeds), size)])
         grid = driver.run(population_trainable, run_dir, "grid", res, data, param_space=space,
