@@ -43,3 +43,12 @@ def test_a_diverging_member_fails_the_population(mnist):
     cfg = TrainConfig(epochs=3, batch_size=0, optimizer="sgd", lr=1e38, inputs="center")
     with pytest.raises(FloatingPointError, match="diverged"):
         pop.fit(population, splits, cfg, [0.0, 0.0])
+
+
+def test_population_size_defaults_by_device_and_never_exceeds_the_runs():
+    from tune_mnist.driver import Resources, population_size
+
+    gpu, cpu = Resources(gpus_per_trial=0.5), Resources(gpus_per_trial=0.0)
+    assert population_size(0, gpu, 40) == 16 and population_size(0, cpu, 40) == 1
+    assert population_size(0, gpu, 3) == 3 and population_size(0, gpu, 1) == 1  # one seed trains alone
+    assert population_size(4, cpu, 10) == 4  # an explicit --population holds on a CPU too
