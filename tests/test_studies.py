@@ -83,6 +83,8 @@ def test_scaling_population_of_seeds_equals_separate_trials(results, ray_session
         assert (stacked[metric] / separate.loc[stacked.index, metric] - 1).abs().max() < 5e-4, metric
     member_runs = list((together / "tensorboard").glob("trial_*/m*/events.out.tfevents*"))
     assert len(member_runs) == 8, "one TensorBoard run per member"
+    assert cli.main(["scaling", "--resume", str(together)]) == 0  # a finished run: nothing trains again
+    assert len(list((together / "tensorboard").glob("trial_*/m*/events.out.tfevents*"))) == 8, "no run twice"
 
 
 def test_scaling_more_data_lowers_test_loss(scaling_run):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -229,7 +230,10 @@ def member_rows(frame: pd.DataFrame, members_column: str, names: tuple[str, ...]
 
 
 def member_tensorboard(grid: tune.ResultGrid, folder: Path) -> None:
-    """One TensorBoard run per population member, folder/<trial>/m<r>, from each trial's reported history."""
+    """One TensorBoard run per population member, folder/<trial>/m<r>, from each trial's reported history.
+
+    Rewritten whole each time (a resumed study calls it again), so no scalar appears twice.
+    """
     from tensorboardX import SummaryWriter
 
     for result in grid:
@@ -237,8 +241,9 @@ def member_tensorboard(grid: tune.ResultGrid, folder: Path) -> None:
         if history is None or "population" not in history:
             continue
         for r in range(int(history["population"].iloc[-1])):
-            prefix = f"m{r}/"
-            with SummaryWriter(str(folder / Path(result.path).name / f"m{r}")) as writer:
+            prefix, run = f"m{r}/", folder / Path(result.path).name / f"m{r}"
+            shutil.rmtree(run, ignore_errors=True)
+            with SummaryWriter(str(run)) as writer:
                 for row in history.to_dict("records"):
                     for key, value in row.items():
                         if key.startswith(prefix) and key != f"{prefix}epoch" and isinstance(value, float):
