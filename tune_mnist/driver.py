@@ -184,8 +184,9 @@ def population_size(requested: int, res: Resources, runs: int) -> int:
 
 
 def train_population_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
-                              members: list[tuple[float, int]], extra: dict[str, Any] | None = None) -> None:
-    """One trial, R members of `spec` as one stacked model; `members` holds each one's (corruption p, seed).
+                              extra: dict[str, Any] | None = None) -> None:
+    """One trial, R members of `spec` as one stacked model; config["members"] holds each one's seed
+    and, optionally, corruption p (run_grouped puts them there).
 
     Each report carries every member's metrics under "m<r>/<key>" (member_rows splits them back into
     one row per member; member_tensorboard gives each its own TensorBoard run), plus their mean for
@@ -194,6 +195,7 @@ def train_population_in_trial(config: dict[str, Any], data: Mnist, spec: dict[st
     """
     cfg = TrainConfig.from_config(config)
     device = trial_device()
+    members = [(m.get("p", 0.0), m["seed"]) for m in config["members"]]
     pop = population.Population(spec, [seed for _, seed in members], device)
     fixed = {"params": models.n_params(models.build(spec)), "population": len(members), **placement(device),
              **(extra or {})}
@@ -214,18 +216,17 @@ def train_population_in_trial(config: dict[str, Any], data: Mnist, spec: dict[st
     population.fit(pop, to_device(data, device), cfg, [p for p, _ in members], on_epoch=report)
 
 
-def member_rows(frame: pd.DataFrame, members_column: str, names: tuple[str, ...]) -> pd.DataFrame:
-    """Splits each population trial's row into one row per member, named by its entry of `members_column`
-    (a (p, seed)-like tuple, or a bare seed), with the member's own checkpoint folder."""
+def member_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Splits each population trial's row into one row per member: its entry of "members" (the config
+    keys that set it apart, e.g. p and seed), its metrics and its own checkpoint folder."""
     out = []
     for row in frame.to_dict("records"):
         shared = {k: v for k, v in row.items() if not k.startswith("m") or "/" not in k}
-        shared.pop(members_column, None)
-        for r, entry in enumerate(row[members_column]):
+        shared.pop("members", None)
+        for r, entry in enumerate(row["members"]):
             member = {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith(f"m{r}/")}
-            entry = entry if isinstance(entry, (list, tuple)) else [entry]
             checkpoint = f"{row['checkpoint']}/m{r}" if row["checkpoint"] else ""
-            out.append({**shared, **dict(zip(names, entry)), **member, "member": r, "checkpoint": checkpoint})
+            out.append({**shared, **entry, **member, "member": r, "checkpoint": checkpoint})
     return pd.DataFrame(out)
 
 
@@ -302,3 +303,27 @@ def rows(grid: tune.ResultGrid, keep_config: list[str]) -> pd.DataFrame:
         row["checkpoint"] = storage.checkpoint_location(result.checkpoint) if result.checkpoint else ""
         out.append(row)
     return pd.DataFrame(out)
+
+
+def run_grouped(trainable: Callable, population_trainable: Callable, run_dir: Path, name: str, res: Resources,
+                data: Mnist, space: dict[str, Any], runs: list[dict[str, Any]], requested: int, keep: list[str],
+                shown: list[str], tensorboard: Path, **kwargs: Any) -> pd.DataFrame:
+    """Trains `runs` of one architecture (each the config keys that set it apart, e.g. {"p": 0.2, "seed": 1};
+    together a full grid of those keys) at every point of `space`, one row per run.
+
+    With --population R > 1 (population_size), R runs share a trial as one stacked model
+    (config["members"] holds their keys; each member gets a TensorBoard run under `tensorboard`);
+    otherwise each run is a trial of its own, its keys grid-searched. `keep` are the config columns
+    of the rows besides the run keys; `shown` the progress line's, run keys included.
+    """
+    keys = list(runs[0])
+    size = population_size(requested, res, len(runs))
+    if size > 1:
+        space = {**space, "members": tune.grid_search([runs[i:i + size] for i in range(0, len(runs), size)])}
+        grid = run(population_trainable, run_dir, name, res, data, param_space=space,
+                   shown=[k for k in shown if k not in keys] + ["population"], **kwargs)
+        member_tensorboard(grid, tensorboard)
+        return member_rows(rows(grid, [*keep, "members"]))
+    space = {**space, **{k: tune.grid_search(list(dict.fromkeys(r[k] for r in runs))) for k in keys}}
+    grid = run(trainable, run_dir, name, res, data, param_space=space, shown=shown, **kwargs)
+    return rows(grid, [*keep, *keys])

@@ -99,7 +99,7 @@ def trainable(config: dict[str, Any], data: Mnist) -> None:
 
 def population_trainable(config: dict[str, Any], data: Mnist) -> None:
     spec, extra = net(config)
-    driver.train_population_in_trial(config, data, spec, [(0.0, seed) for seed in config["seeds"]], extra)
+    driver.train_population_in_trial(config, data, spec, extra)
 
 
 def training(s: dict[str, Any]) -> dict[str, Any]:
@@ -127,19 +127,10 @@ def define_space(trial: optuna.Trial, P: int, s: dict[str, Any]) -> dict[str, An
 def run_stages(P: int, s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> pd.DataFrame:
     grid_space = {**training(s), "P": P, "stage": "grid", "activation": s["activation"], "lr": s["lr"],
                   "weight_decay": 0.0, "k": tune.grid_search([0, *budget.depth_grid(P, s["max_depth"])])}
-    seeds = list(range(s["seeds"]))
-    size = driver.population_size(s["population"], res, len(seeds))
-    if size > 1:  # the seeds of a depth, `size` at a time, in one trial
-        grid_space["seeds"] = tune.grid_search([seeds[i:i + size] for i in range(0, len(seeds), size)])
-        grid = driver.run(population_trainable, run_dir, f"P{P}-grid", res, data, param_space=grid_space,
-                          shown=["k", "widths", "population"])
-        frames = [driver.member_rows(driver.rows(grid, [*COLUMNS[:-1], "seeds"]), "seeds", ("seed",))]
-        driver.member_tensorboard(grid, run_dir / "tensorboard" / f"P{P}-grid")
-    else:
-        grid_space["seed"] = tune.grid_search(seeds)
-        grid = driver.run(trainable, run_dir, f"P{P}-grid", res, data, param_space=grid_space,
-                          shown=["k", "seed", "widths"])
-        frames = [driver.rows(grid, COLUMNS)]
+    frames = [driver.run_grouped(trainable, population_trainable, run_dir, f"P{P}-grid", res, data, grid_space,
+                                 runs=[{"seed": seed} for seed in range(s["seeds"])], requested=s["population"],
+                                 keep=COLUMNS[:-1], shown=["k", "seed", "widths"],
+                                 tensorboard=run_dir / "tensorboard" / f"P{P}-grid")]
     if s["trials"]:
         search = ResumableOptunaSearch(
             space=functools.partial(define_space, P=P, s=s), metric="val_loss", mode="min", seed=0,

@@ -23,7 +23,6 @@ from tune_mnist.train import TrainConfig, make_optimizer, train_epoch
 
 NAME = "corruption"
 HELP = "activations x MLP/CNN x pixel-corruption p x repeats: mean, std, stderr per cell"
-COLUMNS = ["family", "activation", "p", "seed"]  # seed is the repeat index
 FAMILIES = ("mlp", "cnn")
 
 
@@ -67,8 +66,7 @@ def trainable(config: dict[str, Any], data: Mnist) -> None:
 
 
 def population_trainable(config: dict[str, Any], data: Mnist) -> None:
-    driver.train_population_in_trial(config, data, spec(config, config["family"], config["activation"]),
-                                     [tuple(m) for m in config["members"]])
+    driver.train_population_in_trial(config, data, spec(config, config["family"], config["activation"]))
 
 
 def estimate(s: dict[str, Any], data: Mnist, res: driver.Resources) -> float:
@@ -123,19 +121,11 @@ def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) ->
     space = {k: s[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "mlp_widths",
                                 "cnn_channels", "cnn_hidden")}
     space.update(family=tune.grid_search(s["families"]), activation=tune.grid_search(s["activations"]))
-    size = driver.population_size(s["population"], res, len(s["p"]) * s["repeats"])
-    if size > 1:  # the (p, seed) runs of one family and activation, R at a time, in one trial
-        runs = [[p, seed] for p in s["p"] for seed in range(s["repeats"])]
-        space["members"] = tune.grid_search([runs[i:i + size] for i in range(0, len(runs), size)])
-        grid = driver.run(population_trainable, run_dir, "grid", res, data, param_space=space,
-                          metric="test_acc", mode="max", shown=["family", "activation", "population"])
-        per_run = driver.member_rows(driver.rows(grid, ["family", "activation", "members"]), "members", ("p", "seed"))
-        driver.member_tensorboard(grid, run_dir / "tensorboard")
-    else:
-        space.update(p=tune.grid_search(s["p"]), seed=tune.grid_search(list(range(s["repeats"]))))
-        grid = driver.run(trainable, run_dir, "grid", res, data, param_space=space,
-                          metric="test_acc", mode="max", shown=["family", "activation", "p"])
-        per_run = driver.rows(grid, COLUMNS)
+    per_run = driver.run_grouped(
+        trainable, population_trainable, run_dir, "grid", res, data, space,
+        runs=[{"p": p, "seed": seed} for p in s["p"] for seed in range(s["repeats"])], requested=s["population"],
+        keep=["family", "activation"], shown=["family", "activation", "p"], tensorboard=run_dir / "tensorboard",
+        metric="test_acc", mode="max")
     summary = summarise(per_run)
     write_csv(run_dir / "results_per_run.csv", per_run)
     write_csv(run_dir / "results_summary.csv", summary)

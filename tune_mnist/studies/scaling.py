@@ -21,7 +21,6 @@ from tune_mnist.files import read_table, write_csv
 
 NAME = "scaling"
 HELP = "CNN width x dataset fraction grid: heatmaps of train/test loss and accuracy"
-COLUMNS = ["width", "fraction", "seed"]
 METRICS = ["final_train_loss", "test_loss", "final_train_acc", "test_acc"]
 
 
@@ -72,7 +71,7 @@ def trainable(config: dict[str, Any], data: Mnist) -> None:
 
 def population_trainable(config: dict[str, Any], data: Mnist) -> None:
     part, config, spec, extra = cell(config, data)
-    driver.train_population_in_trial(config, part, spec, [(0.0, seed) for seed in config["seeds"]], extra)
+    driver.train_population_in_trial(config, part, spec, extra)
 
 
 def seeds_for(s: dict[str, Any]) -> list[int]:
@@ -99,19 +98,10 @@ def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) ->
     space = {k: s[k] for k in ("batch_size", "optimizer", "lr", "weight_decay", "activation", "epochs", "min_steps",
                                 "master_seed")}
     space.update(width=tune.grid_search(s["widths"]), fraction=tune.grid_search(s["fractions"]))
-    seeds = seeds_for(s)
-    size = driver.population_size(s["population"], res, len(seeds))
-    if size > 1:  # a cell's seeds, `size` at a time, in one trial
-        space["seeds"] = tune.grid_search([seeds[i:i + size] for i in range(0, len(seeds), size)])
-        grid = driver.run(population_trainable, run_dir, "grid", res, data, param_space=space,
-                          shown=["width", "fraction", "population"], metric="test_loss")
-        frame = driver.member_rows(driver.rows(grid, ["width", "fraction", "seeds"]), "seeds", ("seed",))
-        driver.member_tensorboard(grid, run_dir / "tensorboard")
-    else:
-        space["seed"] = tune.grid_search(seeds)
-        grid = driver.run(trainable, run_dir, "grid", res, data, param_space=space,
-                          shown=["width", "fraction"], metric="test_loss")
-        frame = driver.rows(grid, COLUMNS)
+    frame = driver.run_grouped(trainable, population_trainable, run_dir, "grid", res, data, space,
+                               runs=[{"seed": seed} for seed in seeds_for(s)], requested=s["population"],
+                               keep=["width", "fraction"], shown=["width", "fraction"],
+                               tensorboard=run_dir / "tensorboard", metric="test_loss")
     write_csv(run_dir / "results.csv", frame)
     report(run_dir)
     largest = frame[frame["fraction"] == frame["fraction"].max()].groupby("width")["test_loss"].mean()
