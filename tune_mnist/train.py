@@ -1,7 +1,7 @@
 """The one training loop every study uses: data resident on the device, no host sync inside an epoch.
 
 Each epoch draws its permutation from a generator seeded by (seed, epoch) and its corruption noise
-from a hash of (seed, epoch, position, pixel), so a run resumed from an epoch checkpoint continues
+from a hash of (seed, epoch, image, pixel), so a run resumed from an epoch checkpoint continues
 exactly as the uninterrupted run would have.
 """
 
@@ -56,6 +56,11 @@ def prepare(x: torch.Tensor, inputs: str) -> torch.Tensor:
     raise ValueError(f"unknown input scaling {inputs!r}")
 
 
+def run_key(seed: int, epoch: int) -> int:
+    """One number per (run, epoch): seeds the epoch's shuffle and keys its corruption noise."""
+    return seed * 1_000_003 + epoch
+
+
 def _signed(c: int) -> int:
     return c - (1 << 64) if c >= 1 << 63 else c
 
@@ -78,7 +83,7 @@ def noise_keys(p: Sequence[float], seeds: Sequence[int], epoch: int,
     if max(p) <= 0:
         return None
     threshold = torch.tensor([q * 2**24 for q in p], device=device, dtype=torch.float64).view(-1, 1, 1)
-    runs = torch.tensor([s * 1_000_003 + epoch for s in seeds], device=device).view(-1, 1, 1) << 36
+    runs = torch.tensor([run_key(s, epoch) for s in seeds], device=device).view(-1, 1, 1) << 36
     return threshold, runs
 
 
@@ -182,7 +187,7 @@ class GraphedStep:
 
 
 def epoch_generator(cfg: TrainConfig, epoch: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + epoch)
+    return torch.Generator(device=device).manual_seed(run_key(cfg.seed, epoch))
 
 
 def check_finite(loss: float, cfg: TrainConfig, epoch: int) -> float:
