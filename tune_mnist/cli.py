@@ -97,7 +97,7 @@ def run_study(args: argparse.Namespace) -> int:
     res = resources(s)
     res = driver.connect(res)
     if s.get("storage"):
-        res = dataclasses.replace(res, storage=storage.join(s["storage"], study.NAME, run_dir.name))
+        res = dataclasses.replace(res, storage=storage.for_run(s["storage"], study.NAME, run_dir))
         storage.check(res.storage)
     if not args.resume:
         runs.start(run_dir, study.NAME, s)
@@ -120,7 +120,7 @@ def export(args: argparse.Namespace) -> int:
     require(args.top >= 1, f"--top must be >= 1, got {args.top}")
     best = budget.export(run_dir, read_table(run_dir / "trials.csv"), args.top)
     if meta["args"].get("storage"):
-        storage.upload(run_dir, storage.join(meta["args"]["storage"], budget.NAME, run_dir.name))
+        storage.upload(run_dir, storage.for_run(meta["args"]["storage"], budget.NAME, run_dir))
     for P, entries in best.items():
         for e in entries:
             print(f"P={P} rank={e['rank']} widths={e['widths']} test_acc={e['test_acc']:.4f} -> {run_dir / e['file']}")

@@ -24,6 +24,11 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
+def for_run(root: str, study: str, run_dir: Path) -> str:
+    """A run's folder in the storage: <root>/<study>/<run>, as under --results."""
+    return join(root, study, Path(run_dir).name)
+
+
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(location if is_uri(location) else str(Path(location).resolve()))
