@@ -80,17 +80,27 @@ def _probe(address: str) -> None:
 GPU_SHARE = 0.5
 
 
+CLIENT_ATTEMPTS = 4
+
+
 def connect(res: Resources) -> Resources:
     """Starts or joins Ray, settles the GPU share per trial, and checks the cluster can hold one trial."""
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         _probe(res.address)
-        try:
-            ray.init(address=res.address, include_dashboard=False, configure_logging=False,
-                     log_to_driver=res.address.startswith("ray://"))  # a Ray Client run prints on the cluster
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"cannot reach a Ray cluster at --address {res.address}: {first}") from None
+        for attempt in range(CLIENT_ATTEMPTS):
+            try:
+                ray.init(address=res.address, include_dashboard=False, configure_logging=False,
+                         log_to_driver=res.address.startswith("ray://"))  # a Ray Client run prints on the cluster
+                break
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                # Ray Client's per-connection server fails to start on a head that has only just come
+                # up (its runtime-env agent is not ready yet); a few seconds later it starts.
+                if "Initialization failure from server" in first and attempt + 1 < CLIENT_ATTEMPTS:
+                    time.sleep(5)
+                    continue
+                raise UserError(f"cannot reach a Ray cluster at --address {res.address}: {first}") from None
     have = ray.cluster_resources()
     if res.gpus_per_trial is None:
         res = dataclasses.replace(res, gpus_per_trial=GPU_SHARE if have.get("GPU", 0) else 0.0)
