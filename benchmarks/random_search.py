@@ -1,9 +1,13 @@
 """Random TinyCNN search: nets scored per second, the plain PyTorch loop vs the vectorised search.
 
-Both score fresh random nets on the same 256 training images, in one process on one device:
-  loop:  randomise an nn.Module (weights N(0,1.5), biases N(0,0.5)), score it, next (as a user writes it)
-  ours:  tune_mnist.random_search: thousands of nets per step, stacked, in a few kernels
-Prints one line per method and the ratio. Scores are checked equal to the loop's, net by net.
+All score fresh random nets (weights N(0,1.5), biases N(0,0.5)) on the same 256 training images, in one
+process on one device:
+  loop:    randomise an nn.Module, score it, next (as a user writes it)
+  gemm:    random_search.accuracy, every net scored in exact fp32 (stacked GEMMs)
+  search:  random_search.Search.step(), the study's step: on a GPU the fused bf16 screen (screen.py), fp32
+           re-scores near the threshold, val (5,000 images) for the nets that pass, test for new bests
+Prints one line per method and the ratios. Checks: gemm equals nn.Conv2d net by net, and the screen keeps
+every net that fp32 passes (its largest count difference from fp32 is printed).
 
     python benchmarks/random_search.py [--nets-per-step 4096] [--seconds 10]
 """
@@ -13,7 +17,7 @@ import time
 
 import torch
 
-from tune_mnist import data, models
+from tune_mnist import data, models, screen
 from tune_mnist import random_search as rs
 
 
@@ -33,26 +37,40 @@ def loop_rate(train, device, seconds):
     return done / (time.perf_counter() - start)
 
 
-def vectorised_rate(train, device, n, seconds):
-    g = torch.Generator(device=device).manual_seed(0)
-    rs.accuracy(rs.sample(n, 1.5, 0.5, g, device), train)  # warm-up
+def rate(step, n, device, seconds):
+    step()  # warm-up: kernels compiled, caches built
     sync(device)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        rs.accuracy(rs.sample(n, 1.5, 0.5, g, device), train).max().item()
+        step()
         done += n
     sync(device)
     return done / (time.perf_counter() - start)
 
 
 def check_equal(train, device):
-    """The vectorised scores equal nn.Conv2d's, net by net, on 64 nets."""
+    """The GEMM scores equal nn.Conv2d's, net by net, on 64 nets."""
     nets = rs.sample(64, 1.5, 0.5, torch.Generator(device=device).manual_seed(1), device)
     fast = rs.accuracy(nets, train)
     net = models.tiny_cnn().to(device)
     for i in range(64):
         net.load_state_dict(rs.to_state_dict(nets, i))
         assert (net(train.x).argmax(1) == train.y).float().mean().item() == fast[i].item()
+
+
+def check_screen(search, steps):
+    """Every net that reaches the threshold in fp32 is a candidate of the fused screen; returns the nets checked
+    and the largest difference between the screen's count and fp32's."""
+    train, g = search.splits["train"], torch.Generator(device=search.device).manual_seed(2)
+    worst = 0
+    for _ in range(steps):
+        nets = rs.sample(search.s.nets_per_step, 1.5, 0.5, g, search.device)
+        exact = (rs.accuracy(nets, train) * len(train)).round().int()
+        worst = max(worst, int((screen.count_correct(nets, search.bands, train.y) - exact).abs().max()))
+        kept = torch.zeros_like(exact, dtype=torch.bool)
+        kept[search.candidates(nets)] = True
+        assert kept[exact >= search.s.threshold * len(train)].all()
+    return steps * search.s.nets_per_step, worst
 
 
 def main():
@@ -62,14 +80,25 @@ def main():
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rs.exact_fp32()
-    train = data.to_device(data.subset(data.load(), 256), device)["train"]
+    splits = rs.search_splits(data.load(), 256, 5000, 5000, 0, device)
+    train, n = splits["train"], args.nets_per_step
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device={name} torch={torch.__version__} images=256 nets/step={n}")
     base = loop_rate(train, device, args.seconds)
-    print(f"device={name} torch={torch.__version__} images=256")
-    print(f"loop       {base:12,.0f} nets/s")
+    print(f"loop    {base:12,.0f} nets/s")
     check_equal(train, device)
-    rate = vectorised_rate(train, device, args.nets_per_step, args.seconds)
-    print(f"ours       {rate:12,.0f} nets/s  x{rate / base:.1f} the loop  (nets/step={args.nets_per_step}, scores equal)")
+    g = torch.Generator(device=device).manual_seed(0)
+    gemm = rate(lambda: rs.accuracy(rs.sample(n, 1.5, 0.5, g, device), train).max().item(), n, device, args.seconds)
+    print(f"gemm    {gemm:12,.0f} nets/s  x{gemm / base:.1f} the loop  (fp32, equal to nn.Conv2d net by net)")
+    search = rs.Search(rs.Settings(nets_per_step=n), splits)
+    fused = rate(search.step, n, device, args.seconds)
+    how = "fused bf16 screen + fp32 re-scores" if search.bands is not None else "no fused screen on this device"
+    print(f"search  {fused:12,.0f} nets/s  x{fused / base:.1f} the loop, x{fused / gemm:.1f} gemm  ({how}; "
+          f"{search.evaluated:,} nets, {len(search.pairs)} passed)")
+    if search.bands is not None:
+        checked, worst = check_screen(search, max(1, 131072 // n))
+        print(f"screen keeps every net fp32 passes: {checked:,} nets checked, largest count difference {worst} "
+              f"images (margin {rs.SCREEN_MARGIN})")
 
 
 if __name__ == "__main__":

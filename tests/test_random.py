@@ -1,6 +1,9 @@
 """The untrained-weight search: batched scores equal nn.Module's, resume is exact, outputs reload."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -78,3 +81,28 @@ def test_random_study_end_to_end(tmp_path, ray_session, mnist):
     model = models.load(folders[0] / kept["file"])
     assert evaluate(model, val)["acc"] == pytest.approx(kept["val"], abs=1e-9)
     assert kept["val"] == result["history"][-1]["val"]
+
+
+FUSED_SCREEN = """
+import torch
+from tune_mnist import data, screen
+from tune_mnist import random_search as rs
+splits = rs.search_splits(data.load(), 128, 300, 300, 0, "cpu")
+nets = rs.sample(24, 1.5, 0.5, torch.Generator().manual_seed(3), "cpu")
+counts = screen.count_correct(nets, screen.band_patches(splits["train"].x, torch.float32), splits["train"].y)
+assert torch.equal(counts, (rs.accuracy(nets, splits["train"]) * 128).round().int()), counts
+fused, plain = rs.Search(rs.Settings(nets_per_step=120, seed=2), splits), rs.Search(rs.Settings(nets_per_step=120, seed=2), splits)
+plain.bands = None
+fused.step(); plain.step()
+assert fused.bands is not None and fused.pairs, fused.summary()
+assert fused.summary() == plain.summary() and fused.pairs == plain.pairs and fused.history == plain.history
+assert len(fused.candidates(nets)) < 24  # the screen did drop nets, so the equality above tested it
+"""
+
+
+def test_fused_screen_kernel_counts_and_decides_as_fp32():
+    # Triton's interpreter runs the GPU kernel on the CPU; it must be set before the kernel is defined.
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", FUSED_SCREEN], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

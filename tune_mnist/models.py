@@ -67,6 +67,12 @@ def tiny_cnn() -> nn.Sequential:
     )
 
 
+def tiny_cnn_patches(x: torch.Tensor) -> torch.Tensor:
+    """(images, 25, 144): the 5x5 patch under each of tiny_cnn's 12x12 conv1 positions (qy * 12 + qx).
+    Strided views and one copy; F.unfold on CUDA launches a kernel per image (38 ms for 5,000)."""
+    return x[:, 0].unfold(1, 5, 2).unfold(2, 5, 2).permute(0, 3, 4, 1, 2).reshape(len(x), 25, 144)
+
+
 def build(spec: dict[str, Any]) -> nn.Module:
     """The module for a spec; "init_scale" multiplies PyTorch's default initialisation (0 gives zeros)."""
     family = spec.get("family")
