@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,7 +59,8 @@ def test_stopped_and_resumed_search_equals_one_straight_run(splits):
         resumed.step()
     assert resumed.summary() == straight.summary()
     assert resumed.pairs == straight.pairs and resumed.history == straight.history
-    assert straight.evaluated == 1200 and straight.failed_screen + len(straight.pairs) == 1200
+    assert straight.evaluated == 1200 and straight.failed_screen + straight.passing == 1200
+    assert straight.passing == sum(straight.pairs.values()) > 0
 
 
 def test_expected_best_of_chance():
@@ -66,21 +68,37 @@ def test_expected_best_of_chance():
     assert rs.expected_best(10**6, 5000) > rs.expected_best(10**3, 5000) > 0.1
 
 
-def test_random_study_end_to_end(tmp_path, ray_session, mnist):
-    argv = ["random", "--smoke", "--weight-scales", "1.0", "2.0", "--results", str(tmp_path), "--name", "r"]
+@pytest.fixture(scope="module")
+def random_run(tmp_path_factory, ray_session):
+    results = tmp_path_factory.mktemp("results")
+    argv = ["random", "--smoke", "--weight-scales", "1.0", "2.0", "--results", str(results), "--name", "r"]
     assert cli.main(argv) == 0
-    run_dir = tmp_path / "random" / "r"
+    return results / "random" / "r"
+
+
+def test_random_study_end_to_end(random_run, mnist):
+    run_dir = random_run
     folders = sorted((run_dir / "searches").iterdir())
     assert [f.name for f in folders] == ["w1_b0.5_t0.2", "w2_b0.5_t0.2"]
     result = json.loads((folders[0] / "search_results.json").read_text())
     assert result["evaluated"] == 2048 and result["failed_screen"] + result["passing"] == 2048
-    assert len(result["pairs"]) == result["passing"] and result["history"]
+    assert sum(n for _, _, n in result["pairs"]) == result["passing"] and result["history"]
     assert (folders[0] / "random_search.png").stat().st_size > 10_000
     val = rs.search_splits(mnist, 256, 1000, 1000, 0, "cpu")["val"]
     kept = result["kept"][-1]
     model = models.load(folders[0] / kept["file"])
     assert evaluate(model, val)["acc"] == pytest.approx(kept["val"], abs=1e-9)
     assert kept["val"] == result["history"][-1]["val"]
+
+
+def test_notebook_draws_every_search_of_a_run(random_run, tmp_path, monkeypatch):
+    nbformat, nbclient = pytest.importorskip("nbformat"), pytest.importorskip("nbclient")
+    monkeypatch.setenv("TUNE_MNIST_RUN", str(random_run))
+    monkeypatch.setenv("TUNE_MNIST_FIGURES", str(tmp_path))
+    notebook = nbformat.read(Path(__file__).parents[1] / "notebooks" / "random.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2 and sorted(p.name for p in tmp_path.glob("*.png")) == ["w1_b0.5_t0.2.png", "w2_b0.5_t0.2.png"]
 
 
 FUSED_SCREEN = """

@@ -88,13 +88,13 @@ def grouped_bars(path: Path, frame: pd.DataFrame, x: str, group: str, y: str, ye
 
 def random_search(path: Path, result: dict) -> None:
     """Four panels: generalisation gap, train vs val with the bests, best-so-far vs chance, val histogram."""
-    pairs = np.array(result["pairs"] or [[np.nan, np.nan]])
+    pairs = np.array(result["pairs"] or [[np.nan, np.nan, 0]])   # rows: train, val, nets with that pair
     history = pd.DataFrame(result["history"])
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     gap, scatter, best, hist = axes.flat
-    gap.hist(pairs[:, 0] - pairs[:, 1], bins=40)
+    gap.hist(pairs[:, 0] - pairs[:, 1], bins=40, weights=pairs[:, 2])
     gap.set(title="generalisation gap of passing nets", xlabel="train acc - val acc", ylabel="nets")
-    scatter.scatter(pairs[:, 0], pairs[:, 1], s=4, alpha=0.4, label="passing nets")
+    scatter.scatter(pairs[:, 0], pairs[:, 1], s=4 * np.sqrt(pairs[:, 2]), alpha=0.4, label="passing nets (area: how many)")
     if len(history):
         scatter.scatter(history["train"], history["val"], color="r", s=16, label="new bests")
         best.plot(history["index"], history["val"], "o-", label="best val")
@@ -105,7 +105,7 @@ def random_search(path: Path, result: dict) -> None:
     best.set_xscale("log")
     best.set(title=f"best so far ({result['evaluated']:,} nets)", xlabel="nets evaluated", ylabel="accuracy")
     best.legend(fontsize=8)
-    hist.hist(pairs[:, 1], bins=40)
+    hist.hist(pairs[:, 1], bins=40, weights=pairs[:, 2])
     hist.set(title=f"val accuracy of the {result['passing']:,} passing nets", xlabel="val acc", ylabel="nets")
     fig.tight_layout()
     save_figure(path, fig)

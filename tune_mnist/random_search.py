@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,7 +130,10 @@ class Search:
                       if screen.available(self.device) else None)
         self.generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         self.evaluated = self.failed_screen = 0
-        self.pairs: list[tuple[float, float]] = []     # (train, val) of every net that passed the screen
+        # How many passing nets had each (train, val) pair: bounded by the splits' sizes however long the search
+        # runs, where a list of pairs grew by thousands a second and made every checkpoint slower.
+        self.pairs: Counter[tuple[float, float]] = Counter()
+        self.passing = 0
         self.history: list[dict[str, float]] = []      # each new best on val
         self.kept: list[dict[str, Any]] = []           # weights of the last KEEP bests
 
@@ -144,11 +148,12 @@ class Search:
         reached = train >= self.s.threshold
         passing = candidates[reached]
         self.failed_screen += self.s.nets_per_step - len(passing)
+        self.passing += len(passing)
         if len(passing):
             chosen = {k: v[passing] for k, v in nets.items()}
             val = accuracy(chosen, self.splits["val"])
             for j, (t, v) in enumerate(zip(train[reached].tolist(), val.tolist())):
-                self.pairs.append((t, v))
+                self.pairs[(t, v)] += 1
                 if v > self.best_val:
                     self.record(chosen, j, int(passing[j]), t, v)
         self.evaluated += self.s.nets_per_step
@@ -172,16 +177,18 @@ class Search:
 
     def summary(self) -> dict[str, Any]:
         best = self.history[-1] if self.history else {}
-        return {"evaluated": self.evaluated, "failed_screen": self.failed_screen, "passing": len(self.pairs),
+        return {"evaluated": self.evaluated, "failed_screen": self.failed_screen, "passing": self.passing,
                 "best_val": best.get("val", 0.0), "best_test": best.get("test", 0.0),
                 "expected_best": expected_best(self.evaluated, len(self.splits["val"]))}
 
     def state_dict(self) -> dict[str, Any]:
         return {"settings": vars(self.s), "rng": self.generator.get_state(), "evaluated": self.evaluated,
-                "failed_screen": self.failed_screen, "pairs": self.pairs, "history": self.history,
+                "failed_screen": self.failed_screen, "passing": self.passing, "pairs": dict(self.pairs),
+                "history": self.history,
                 "kept": self.kept}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["rng"].to("cpu"))
         self.evaluated, self.failed_screen = state["evaluated"], state["failed_screen"]
-        self.pairs, self.history, self.kept = list(state["pairs"]), list(state["history"]), list(state["kept"])
+        self.passing, self.pairs = state["passing"], Counter(state["pairs"])
+        self.history, self.kept = list(state["history"]), list(state["kept"])

@@ -95,8 +95,9 @@ def write_search(folder: Path, state: dict[str, Any], metrics: dict[str, Any], n
         model.load_state_dict(k["state_dict"])
         models.save(file, model, {"family": "tiny_cnn"}, index=k["index"], val_acc=k["val"])
         kept.append({"index": k["index"], "val": k["val"], "file": str(file.relative_to(folder))})
-    result = {"evaluated": state["evaluated"], "failed_screen": state["failed_screen"], "passing": len(state["pairs"]),
-              "pairs": state["pairs"], "history": state["history"], "kept": kept, "settings": state["settings"],
+    pairs = [[train, val, n] for (train, val), n in sorted(state["pairs"].items())]
+    result = {"evaluated": state["evaluated"], "failed_screen": state["failed_screen"], "passing": state["passing"],
+              "pairs": pairs, "history": state["history"], "kept": kept, "settings": state["settings"],
               "n_val": n_val, "expected_best": rs.expected_best(state["evaluated"], n_val),
               "nets_per_s": metrics.get("nets_per_s")}
     write_json(folder / "search_results.json", result)
