@@ -4,7 +4,7 @@ All score fresh random nets (weights N(0,1.5), biases N(0,0.5)) on the same 256 
 process on one device:
   loop:    randomise an nn.Module, score it, next (as a user writes it)
   gemm:    random_search.accuracy, every net scored in exact fp32 (stacked GEMMs)
-  search:  random_search.Search.step(), the study's step: on a GPU the fused bf16 screen (screen.py), fp32
+  search:  random_search.Search.step(), the study's step: on a GPU the fused fp16 screen (screen.py), fp32
            re-scores near the threshold, val (5,000 images) for the nets that pass, test for new bests
 Prints one line per method and the ratios. Checks: gemm equals nn.Conv2d net by net, and the screen keeps
 every net that fp32 passes (its largest count difference from fp32 is printed).
@@ -92,9 +92,9 @@ def main():
     print(f"gemm    {gemm:12,.0f} nets/s  x{gemm / base:.1f} the loop  (fp32, equal to nn.Conv2d net by net)")
     search = rs.Search(rs.Settings(nets_per_step=n), splits)
     fused = rate(search.step, n, device, args.seconds)
-    how = "fused bf16 screen + fp32 re-scores" if search.bands is not None else "no fused screen on this device"
+    how = "fused fp16 screen + fp32 re-scores" if search.bands is not None else "no fused screen on this device"
     print(f"search  {fused:12,.0f} nets/s  x{fused / base:.1f} the loop, x{fused / gemm:.1f} gemm  ({how}; "
-          f"{search.evaluated:,} nets, {len(search.pairs)} passed)")
+          f"{search.evaluated:,} nets, {search.passing:,} passed)")
     if search.bands is not None:
         checked, worst = check_screen(search, max(1, 131072 // n))
         print(f"screen keeps every net fp32 passes: {checked:,} nets checked, largest count difference {worst} "
