@@ -61,7 +61,7 @@ class RandomSearch(tune.Trainable):
         rs.exact_fp32()  # after trial_device, which turns TF32 on for training
         splits = rs.search_splits(data, config["n_train"], config["n_val"], config["n_test"], config["data_seed"],
                                   device)
-        per_step = config["nets_per_step"] or (65_536 if device.type == "cuda" else 1_024)
+        per_step = config["nets_per_step"] or rs.default_nets_per_step(device)
         settings = rs.Settings(config["weight_scale"], config["bias_scale"], config["threshold"], per_step,
                                config["seed"])
         self.search, self.max_nets = rs.Search(settings, splits), config["max_nets"]
