@@ -1,5 +1,9 @@
 """A population of R members equals R separate runs of the same seeds, member by member."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -52,3 +56,35 @@ def test_population_size_defaults_by_device_and_never_exceeds_the_runs():
     assert population_size(0, gpu, 40) == 16 and population_size(0, cpu, 40) == 1
     assert population_size(0, gpu, 3) == 3 and population_size(0, gpu, 1) == 1  # one seed trains alone
     assert population_size(4, cpu, 10) == 4  # an explicit --population holds on a CPU too
+
+
+FUSED_FIRST_BLOCK = """
+import torch
+from tune_mnist import population as pop
+for act in ["relu", "leaky_relu", "tanh", "gelu"]:
+    spec = {"family": "cnn", "channels": [8, 16], "hidden": 32, "activation": act}
+    p = pop.Population(spec, [0, 1, 2], "cpu")
+    assert p.fuse_first, act
+    x = torch.rand(3, 5, 1, 28, 28)
+    fused = p(x)
+    fused_grads = torch.autograd.grad(fused.square().sum(), list(p.params.values()))
+    p.fuse_first = False
+    plain = p(x)
+    plain_grads = torch.autograd.grad(plain.square().sum(), list(p.params.values()))
+    assert torch.allclose(fused, plain, rtol=1e-5, atol=1e-6), act
+    for a, b in zip(fused_grads, plain_grads):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), act
+sigmoid = {"family": "cnn", "channels": [8], "hidden": 0, "activation": "sigmoid"}
+assert not pop.Population(sigmoid, [0], "cpu").fuse_first
+"""
+
+
+def test_fused_first_block_equals_the_layers_it_replaces():
+    # The Triton kernel (conv_pool.py) runs on the CPU under Triton's interpreter, set before it is defined.
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", FUSED_FIRST_BLOCK], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    spec = {"family": "cnn", "channels": [8], "hidden": 0, "activation": "relu"}
+    assert not pop.Population(spec, [0], "cpu").fuse_first or os.environ.get("TRITON_INTERPRET") == "1"

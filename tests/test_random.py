@@ -110,6 +110,9 @@ nets = rs.sample(24, 1.5, 0.5, torch.Generator().manual_seed(3), "cpu")
 bands = screen.band_patches(splits["train"].x, screen.DTYPE)
 counts = screen.count_correct(nets, bands, splits["train"].y)
 assert (counts - (rs.accuracy(nets, splits["train"]) * 128).round().int()).abs().max() <= 2, counts
+screen.CHUNK = 10   # operands built 10 nets at a time
+assert torch.equal(screen.count_correct(nets, bands, splits["train"].y), counts)
+screen.CHUNK = 65536
 huge = rs.sample(8, 1e4, 0.5, torch.Generator().manual_seed(4), "cpu")   # overflows fp16: counted all right
 assert (screen.count_correct(huge, bands, splits["train"].y) == 128).all()
 fused, plain = rs.Search(rs.Settings(nets_per_step=120, seed=2), splits), rs.Search(rs.Settings(nets_per_step=120, seed=2), splits)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import stack_module_state
 
-from tune_mnist import models
+from tune_mnist import conv_pool, models
 from tune_mnist.data import DeviceSplit
 from tune_mnist.train import (EVAL_CHUNK, GraphedStep, TrainConfig, check_finite, corrupt, epoch_generator,
                               make_optimizer, noise_keys, prepare)
@@ -40,6 +40,9 @@ class Population:
         self.seeds = list(seeds)
         self.params, _ = stack_module_state(members)
         self.layers = list(members[0].named_children())  # the layer sequence; weights come from self.params
+        # conv 1 -> C, activation, max-pool as one Triton kernel each way on a GPU (conv_pool.py)
+        self.fuse_first = len(self.layers) > 2 and isinstance(self.layers[0][1], nn.Conv2d) and conv_pool.fusable(
+            self.layers[0][1], self.layers[1][1], self.layers[2][1], torch.device(device))
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -50,9 +53,13 @@ class Population:
         Activations move through three layouts: "shared" (batch, ...), one input for every member;
         "channels" (batch, R*C, H, W), each member's conv channels side by side; "members" (R, batch, F).
         """
-        R, h = len(self), x
+        R, h, layers = len(self), x, self.layers
         layout = "shared" if shared else "members"
-        for name, layer in self.layers:
+        if self.fuse_first and not shared:
+            name = layers[0][0]
+            h = conv_pool.conv_act_pool(h, self.params[f"{name}.weight"], self.params[f"{name}.bias"], layers[1][1])
+            layers, layout = layers[3:], "channels"
+        for name, layer in layers:
             if isinstance(layer, nn.Conv2d):
                 w, b = self.params[f"{name}.weight"].flatten(0, 1), self.params[f"{name}.bias"].flatten()
                 if layout == "members":

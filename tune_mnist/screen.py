@@ -26,6 +26,7 @@ try:
 except ImportError:  # CPU-only installs without Triton score with random_search.logits alone
     triton = None
 
+CHUNK = 65_536  # nets whose operands are built at once (1.4 GB)
 G, BI = 4, 32   # nets and images per program: conv1's product is (BI*16, 32) x (32, 4G), G*4 >= 16 for tensor cores
 
 
@@ -122,11 +123,14 @@ def operands(nets: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, tor
 
 
 def count_correct(nets: dict[str, torch.Tensor], bands: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(nets,) int32: how many of the images (bands from band_patches, labels y) each net gets right."""
-    w = operands(nets, bands.dtype)
+    """(nets,) int32: how many of the images (bands from band_patches, labels y) each net gets right.
+    Chunked so the operands (21 KB a net) stay bounded whatever the step size."""
     n, images = nets["w1"].shape[0], bands.shape[1]
     out = torch.zeros(n, dtype=torch.int32, device=bands.device)
-    grid = (triton.cdiv(n, G), triton.cdiv(images, BI))
-    _count_correct[grid](bands, y, w["w1"], w["b1"], w["m"], w["b2"], w["head"], w["b3"], out, n, images,
-                         G=G, BI=BI, num_warps=4, num_stages=2)
+    for start in range(0, n, CHUNK):
+        w = operands({k: v[start:start + CHUNK] for k, v in nets.items()}, bands.dtype)
+        part = len(w["w1"])
+        _count_correct[(triton.cdiv(part, G), triton.cdiv(images, BI))](
+            bands, y, w["w1"], w["b1"], w["m"], w["b2"], w["head"], w["b3"], out[start:], part, images,
+            G=G, BI=BI, num_warps=4, num_stages=2)
     return out
