@@ -2,6 +2,7 @@
 
 Both use the device-resident trainer, the same seeds, corruption 0.2 and batch size; the population
 stacks the R members (tune_mnist.population) and reproduces each separate run to float tolerance.
+Where the CNN's first block runs as the fused Triton kernel, the population is also timed without it.
 
     python benchmarks/population.py [--members 64] [--batch-size 128]
 """
@@ -27,8 +28,9 @@ def separate(spec, splits, cfg, seeds, device):
         train_epoch(model, make_optimizer(model, cfg), splits["train"], cfg, 0)
 
 
-def together(spec, splits, cfg, seeds, device):
+def together(spec, splits, cfg, seeds, device, fuse=True):
     population = pop.Population(spec, seeds, device)
+    population.fuse_first = population.fuse_first and fuse
     opt = make_optimizer(list(population.params.values()), cfg)
     pop.train_epoch(population, opt, splits["train"], cfg, [cfg.corruption] * len(seeds), 0)
 
@@ -43,13 +45,18 @@ def main():
     cfg = TrainConfig(batch_size=args.batch_size, corruption=0.2)
     seeds = list(range(args.members))
     for label, spec in SPECS.items():
-        separate(spec, splits, cfg, seeds[:2], device)  # warm-up
-        together(spec, splits, cfg, seeds[:2], device)
+        separate(spec, splits, cfg, seeds[:2], device)  # warm-up; Triton compiles per population size
+        together(spec, splits, cfg, seeds, device)
         alone, _ = timed(lambda: separate(spec, splits, cfg, seeds, device), device)
         stacked, _ = timed(lambda: together(spec, splits, cfg, seeds, device), device)
         print(f"{label}: {args.members} separate runs {alone:.2f} s, one population {stacked:.2f} s, "
               f"x{alone / stacked:.1f}  ({alone / args.members:.3f} vs {stacked / args.members:.3f} s per member-epoch)",
               flush=True)
+        if pop.Population(spec, seeds[:1], device).fuse_first:
+            together(spec, splits, cfg, seeds, device, fuse=False)
+            unfused, _ = timed(lambda: together(spec, splits, cfg, seeds, device, fuse=False), device)
+            print(f"{label}: population without the fused first block (conv_pool.py) {unfused:.2f} s, "
+                  f"the kernel x{unfused / stacked:.2f}", flush=True)
 
 
 if __name__ == "__main__":
