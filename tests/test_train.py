@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -68,3 +72,25 @@ def test_corruption_noise_is_uniform_at_rate_p_and_the_same_alone_or_in_a_popula
     assert not torch.equal(corrupt(clean[:1, :10], noise_keys([1.0], [2], 1, "cpu"), samples[:1, :10]), alone), \
         "fresh each epoch"
     assert noise_keys([0.0, 0.0], [1, 2], 0, "cpu") is None
+
+
+CORRUPT_KERNEL = """
+import torch
+from tune_mnist import corrupt_kernel, train
+x = torch.rand(3, 7, 1, 28, 28)
+samples = torch.randint(0, 60000, (3, 40))[:, 5:12]   # a strided slice, as an epoch's order gives
+keys = train.noise_keys([0.0, 0.3, 1.0], [0, 5, 11], 2, "cpu")
+fused = train.corrupt(x, keys, samples)
+corrupt_kernel.available = lambda x: False
+plain = train.corrupt(x, keys, samples)
+assert torch.equal(fused, plain) and not torch.equal(plain, x)
+"""
+
+
+def test_corruption_kernel_draws_the_same_bits_as_the_torch_ops():
+    # Triton's interpreter runs the GPU kernel on the CPU; it must be set before the kernel is defined.
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", CORRUPT_KERNEL], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
