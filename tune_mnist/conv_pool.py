@@ -13,17 +13,13 @@ atomics). No input gradient: the block is the first layer.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
-try:
-    import triton
-    import triton.language as tl
+from tune_mnist.kernels import available, tl, triton
+
+if triton is not None:
     from triton.language.extra import libdevice
-except ImportError:  # without Triton (CPU-only installs) populations use the unfused layers
-    triton = None
 
 # Sigmoid is left unfused: its kernel gradients differed from torch's by 3e-3 (torch's sigmoid is not
 # 1 / (1 + expf(-x)) bit for bit, so the pool's ties fell differently).
@@ -35,8 +31,7 @@ BACKWARD_ROWS, BACKWARD_SUB = 512, 32
 def fusable(conv: nn.Conv2d, act: nn.Module, pool: nn.Module, device: torch.device) -> bool:
     """The block this kernel computes: a GPU (or Triton's interpreter), conv 1 -> C 3x3 stride 1 padding 1,
     a known activation (leaky ReLU with slope 0.1, GELU exact), then 2x2 max-pool on 28x28 inputs."""
-    return (triton is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
-            and conv.in_channels == 1 and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+    return (available(device) and conv.in_channels == 1 and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and type(act) in ACTIVATIONS
             and getattr(act, "negative_slope", 0.1) == 0.1 and getattr(act, "approximate", "none") == "none"
             and isinstance(pool, nn.MaxPool2d) and pool.kernel_size == 2 and pool.stride == 2 and pool.padding == 0)

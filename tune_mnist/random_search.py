@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from tune_mnist import screen
+from tune_mnist import kernels, screen
 from tune_mnist.data import DeviceSplit, Mnist, to_device
 from tune_mnist.models import tiny_cnn_patches
 
@@ -132,7 +132,7 @@ class Search:
         self.s, self.splits = settings, splits
         self.device = splits["train"].x.device
         self.bands = (screen.band_patches(splits["train"].x, screen.DTYPE)
-                      if screen.available(self.device) else None)
+                      if kernels.available(self.device) else None)
         self.generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         self.evaluated = self.failed_screen = 0
         # How many passing nets had each (train, val) pair: bounded by the splits' sizes however long the search

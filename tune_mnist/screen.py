@@ -13,28 +13,15 @@ fp32 every net within SCREEN_MARGIN images of the threshold (random_search.Searc
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import torch.nn.functional as F
 
+from tune_mnist.kernels import tl, triton
 from tune_mnist.models import tiny_cnn_patches
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU-only installs without Triton score with random_search.logits alone
-    triton = None
 
 CHUNK = 65_536  # nets whose operands are built at once (1.4 GB)
 G, BI = 4, 32   # nets and images per program: conv1's product is (BI*16, 32) x (32, 4G), G*4 >= 16 for tensor cores
-
-
-def available(device: torch.device) -> bool:
-    """On a GPU; on a CPU only under Triton's interpreter (TRITON_INTERPRET=1), which the tests use."""
-    return triton is not None and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
-
-
 DTYPE = torch.float16   # on tensor cores; its counts differ from fp32 by a quarter as often as bf16's, by half as much
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune_mnist import corrupt_kernel
+from tune_mnist import corrupt_kernel, kernels
 from tune_mnist.data import DeviceSplit
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -99,7 +99,7 @@ def corrupt(x: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor] | None, sam
     if keys is None:
         return x
     threshold, runs = keys
-    if corrupt_kernel.available(x):
+    if kernels.available(x.device):
         return corrupt_kernel.corrupt(x, threshold, runs, samples)
     R, batch, pixels = x.shape[0], x.shape[1], x[0, 0].numel()
     z = _hash(runs + (samples.unsqueeze(-1) << 10) + torch.arange(pixels, device=x.device))
