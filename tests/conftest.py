@@ -29,6 +29,15 @@ def ray_session():
     ray.shutdown()
 
 
+def under_triton_interpreter(code: str) -> None:
+    """Runs code in a fresh process under Triton's interpreter, which runs the GPU kernels on the CPU:
+    TRITON_INTERPRET must be set before a kernel is defined, so not in this process."""
+    pytest.importorskip("triton")
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def cli(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProcess:
     """The real command, in a fresh process, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "tune_mnist", *args], cwd=cwd, capture_output=True,

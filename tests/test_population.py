@@ -1,12 +1,11 @@
 """A population of R members equals R separate runs of the same seeds, member by member."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from conftest import under_triton_interpreter
 from tune_mnist import data, models
 from tune_mnist import population as pop
 from tune_mnist.train import TrainConfig, fit
@@ -80,11 +79,6 @@ assert not pop.Population(sigmoid, [0], "cpu").fuse_first
 
 
 def test_fused_first_block_equals_the_layers_it_replaces():
-    # The Triton kernel (conv_pool.py) runs on the CPU under Triton's interpreter, set before it is defined.
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", FUSED_FIRST_BLOCK], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    under_triton_interpreter(FUSED_FIRST_BLOCK)
     spec = {"family": "cnn", "channels": [8], "hidden": 0, "activation": "relu"}
     assert not pop.Population(spec, [0], "cpu").fuse_first or os.environ.get("TRITON_INTERPRET") == "1"

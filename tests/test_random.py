@@ -1,14 +1,12 @@
 """The untrained-weight search: batched scores equal nn.Module's, resume is exact, outputs reload."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import under_triton_interpreter
 from tune_mnist import cli, models
 from tune_mnist import random_search as rs
 from tune_mnist.train import evaluate
@@ -125,8 +123,4 @@ assert len(fused.candidates(nets)) < 24  # the screen did drop nets, so the equa
 
 
 def test_fused_screen_kernel_counts_and_decides_as_fp32():
-    # Triton's interpreter runs the GPU kernel on the CPU; it must be set before the kernel is defined.
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", FUSED_SCREEN], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    under_triton_interpreter(FUSED_SCREEN)

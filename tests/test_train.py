@@ -1,10 +1,7 @@
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
+from conftest import under_triton_interpreter
 from tune_mnist import data, models
 from tune_mnist.train import TrainConfig, evaluate, fit, make_optimizer
 
@@ -88,9 +85,4 @@ assert torch.equal(fused, plain) and not torch.equal(plain, x)
 
 
 def test_corruption_kernel_draws_the_same_bits_as_the_torch_ops():
-    # Triton's interpreter runs the GPU kernel on the CPU; it must be set before the kernel is defined.
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", CORRUPT_KERNEL], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    under_triton_interpreter(CORRUPT_KERNEL)
