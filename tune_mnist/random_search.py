@@ -134,7 +134,7 @@ class Search:
         self.bands = (screen.band_patches(splits["train"].x, screen.DTYPE)
                       if kernels.available(self.device) else None)
         self.generator = torch.Generator(device=self.device).manual_seed(settings.seed)
-        self.evaluated = self.failed_screen = 0
+        self.evaluated = 0
         # How many passing nets had each (train, val) pair: bounded by the splits' sizes however long the search
         # runs, where a list of pairs grew by thousands a second and made every checkpoint slower.
         self.pairs: Counter[tuple[float, float]] = Counter()
@@ -143,13 +143,16 @@ class Search:
         self.kept: list[dict[str, Any]] = []           # weights of the last KEEP bests
 
     @property
+    def failed_screen(self) -> int:
+        return self.evaluated - self.passing
+
+    @property
     def best_val(self) -> float:
         return self.history[-1]["val"] if self.history else 0.0
 
     def step(self) -> None:
         nets = sample(self.s.nets_per_step, self.s.weight_scale, self.s.bias_scale, self.generator, self.device)
         passing, train = self.screen(nets)
-        self.failed_screen += self.s.nets_per_step - len(passing)
         self.passing += len(passing)
         if len(passing):
             chosen = {k: v[passing] for k, v in nets.items()}
@@ -163,7 +166,9 @@ class Search:
     def screen(self, nets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices of the nets whose fp32 train accuracy reaches the threshold, and those accuracies."""
         candidates = self.candidates(nets)
-        train = accuracy({k: v[candidates] for k, v in nets.items()}, self.splits["train"])
+        if len(candidates) < self.s.nets_per_step:   # else all of them, in order: no copy
+            nets = {k: v[candidates] for k, v in nets.items()}
+        train = accuracy(nets, self.splits["train"])
         reached = train >= self.s.threshold
         return candidates[reached], train[reached]
 
@@ -193,11 +198,10 @@ class Search:
     def state_dict(self) -> dict[str, Any]:
         return {"settings": vars(self.s), "rng": self.generator.get_state(), "evaluated": self.evaluated,
                 "failed_screen": self.failed_screen, "passing": self.passing, "pairs": dict(self.pairs),
-                "history": self.history,
-                "kept": self.kept}
+                "history": self.history, "kept": self.kept}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["rng"].to("cpu"))
-        self.evaluated, self.failed_screen = state["evaluated"], state["failed_screen"]
+        self.evaluated = state["evaluated"]
         self.passing, self.pairs = state["passing"], Counter(state["pairs"])
         self.history, self.kept = list(state["history"]), list(state["kept"])
