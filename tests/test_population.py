@@ -57,28 +57,31 @@ def test_population_size_defaults_by_device_and_never_exceeds_the_runs():
     assert population_size(4, cpu, 10) == 4  # an explicit --population holds on a CPU too
 
 
-FUSED_FIRST_BLOCK = """
+FUSED_BLOCKS = """
 import torch
 from tune_mnist import population as pop
-for act in ["relu", "leaky_relu", "tanh", "gelu"]:
-    spec = {"family": "cnn", "channels": [8, 16], "hidden": 32, "activation": act}
+for act, channels in [("relu", [8, 16]), ("leaky_relu", [8, 16, 24]), ("tanh", [8, 16]), ("gelu", [4, 16, 16])]:
+    spec = {"family": "cnn", "channels": channels, "hidden": 32, "activation": act}
     p = pop.Population(spec, [0, 1, 2], "cpu")
-    assert p.fuse_first, act
+    assert p.fused and p.blocks == len(channels), act
     x = torch.rand(3, 5, 1, 28, 28)
     fused = p(x)
     fused_grads = torch.autograd.grad(fused.square().sum(), list(p.params.values()))
-    p.fuse_first = False
+    with torch.inference_mode():
+        fused_shared = p(x[0], shared=True)
+    p.fused = False
     plain = p(x)
     plain_grads = torch.autograd.grad(plain.square().sum(), list(p.params.values()))
     assert torch.allclose(fused, plain, rtol=1e-5, atol=1e-6), act
+    assert torch.allclose(fused_shared, p(x[0], shared=True), rtol=1e-5, atol=1e-6), act
     for a, b in zip(fused_grads, plain_grads):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max(), act
 sigmoid = {"family": "cnn", "channels": [8], "hidden": 0, "activation": "sigmoid"}
-assert not pop.Population(sigmoid, [0], "cpu").fuse_first
+assert not pop.Population(sigmoid, [0], "cpu").fused
 """
 
 
-def test_fused_first_block_equals_the_layers_it_replaces():
-    under_triton_interpreter(FUSED_FIRST_BLOCK)
+def test_fused_conv_blocks_equal_the_layers_they_replace():
+    under_triton_interpreter(FUSED_BLOCKS)
     spec = {"family": "cnn", "channels": [8], "hidden": 0, "activation": "relu"}
-    assert not pop.Population(spec, [0], "cpu").fuse_first or os.environ.get("TRITON_INTERPRET") == "1"
+    assert not pop.Population(spec, [0], "cpu").fused or os.environ.get("TRITON_INTERPRET") == "1"

@@ -1,14 +1,20 @@
-"""A CNN population's first block in one Triton kernel each way: 3x3 conv of the one input channel,
-activation, 2x2 max-pool.
+"""A CNN population's conv blocks (3x3 conv, activation, 2x2 max-pool) as Triton kernels, one each way.
 
-Unfused, the block writes and rereads R * batch * C * 28 * 28 activations (800 MB a step for 64
-members of 32 channels at batch 128) through a depthwise-style grouped convolution, the activation,
-the pool and their backwards: half of a population step on an H100. Here each program computes, for
-one member and a block of pooled positions, the conv at the four positions of every pool window from
-the input (9 values each), applies the activation, and keeps the maximum; only the pooled output and
-the window position that won leave the kernel. The backward recomputes the winner's pre-activation
-and sums the kernel and bias gradients per block into a buffer that torch reduces (deterministic, no
-atomics). No input gradient: the block is the first layer.
+Unfused, a block writes and rereads its full-size activations through a grouped convolution, the
+activation, the pool and their backwards: 800 MB a step for the first block of 64 members of 32
+channels at batch 128, and cuDNN's grouped convolutions of the second block ran at about 25 TFLOP/s
+on an H100. Here a program computes, for one member and a block of pooled positions, the conv at the
+four positions of every pool window, applies the activation and keeps the maximum; only the pooled
+output, the window position that won (and, for inner blocks, the activation's slope there) leave
+the kernel. Activations are kept as (R, batch, H, W, C), each member's channels contiguous, so that
+an inner block's conv is a sum over the nine taps of (positions x C_in) @ (C_in x C_out) products.
+
+- First block (one input channel, 28x28): the nine taps are one K=16 product. The backward recomputes
+  the winner's pre-activation; no input gradient, as it is the first layer.
+- Inner blocks: the backward has an input gradient (the same nine products with the kernel
+  transposed, reading the pooled gradient where that position won) and a kernel gradient (one
+  program per member, tap and block of positions).
+Kernel gradients are summed per block into buffers that torch reduces (deterministic, no atomics).
 """
 
 from __future__ import annotations
@@ -24,15 +30,16 @@ if triton is not None:
 # Sigmoid is left unfused: its kernel gradients differed from torch's by 3e-3 (torch's sigmoid is not
 # 1 / (1 + expf(-x)) bit for bit, so the pool's ties fell differently).
 ACTIVATIONS = {nn.ReLU: 0, nn.LeakyReLU: 1, nn.Tanh: 2, nn.GELU: 4}
-BLOCK, WARPS = 128, 4  # pooled positions per forward program, and warps per program
+BLOCK, WARPS = 128, 4  # first block: pooled positions per forward program, and warps per program
 BACKWARD_ROWS, BACKWARD_SUB = 512, 32
+INNER_TILE = 4096  # inner blocks: pooled positions x output channels per forward program
 
 
 def fusable(conv: nn.Conv2d, act: nn.Module, pool: nn.Module, device: torch.device) -> bool:
-    """The block this kernel computes: a GPU (or Triton's interpreter), conv 1 -> C 3x3 stride 1 padding 1,
-    a known activation (leaky ReLU with slope 0.1, GELU exact), then 2x2 max-pool on 28x28 inputs."""
-    return (available(device) and conv.in_channels == 1 and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.padding == (1, 1) and type(act) in ACTIVATIONS
+    """The blocks these kernels compute: a GPU (or Triton's interpreter), a 3x3 conv with stride 1 and
+    padding 1, a known activation (leaky ReLU with slope 0.1, GELU exact), then 2x2 max-pool."""
+    return (available(device) and isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)
+            and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.groups == 1 and type(act) in ACTIVATIONS
             and getattr(act, "negative_slope", 0.1) == 0.1 and getattr(act, "approximate", "none") == "none"
             and isinstance(pool, nn.MaxPool2d) and pool.kernel_size == 2 and pool.stride == 2 and pool.padding == 0)
 
@@ -99,7 +106,7 @@ if triton is not None:
         return w, tl.load(b_ptr + r * C + c, mask=c < C, other=0.0)
 
     @triton.jit
-    def _forward(x_ptr, w_ptr, b_ptr, out_ptr, win_ptr, R, B, C: tl.constexpr, CB: tl.constexpr,
+    def _forward(x_ptr, w_ptr, b_ptr, out_ptr, win_ptr, B, C: tl.constexpr, CB: tl.constexpr,
                  ACT: tl.constexpr, GPU: tl.constexpr, BLOCK: tl.constexpr):
         r = tl.program_id(0)
         rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -112,14 +119,13 @@ if triton is not None:
             won = tl.where(a > best, s, won).to(tl.int8)
             best = tl.maximum(best, a)
         c = tl.arange(0, CB)
-        # out is (batch, R * C, 14, 14): the "channels" layout of population.Population
-        at = ((rows // 196)[:, None] * R * C + r * C + c[None, :]) * 196 + (rows % 196)[:, None]
+        at = (r * B * 196 + rows)[:, None] * C + c[None, :]  # out is (R, batch, 14, 14, C)
         keep = (rows < B * 196)[:, None] & (c < C)[None, :]
         tl.store(out_ptr + at, best, mask=keep)
         tl.store(win_ptr + at, won, mask=keep)
 
     @triton.jit
-    def _backward(x_ptr, w_ptr, b_ptr, win_ptr, grad_ptr, dw_ptr, db_ptr, R, B, C: tl.constexpr,
+    def _backward(x_ptr, w_ptr, b_ptr, win_ptr, grad_ptr, dw_ptr, db_ptr, B, C: tl.constexpr,
                   CB: tl.constexpr, ACT: tl.constexpr, GPU: tl.constexpr, ROWS: tl.constexpr, SUB: tl.constexpr):
         """Kernel and bias gradients of ROWS pooled positions, SUB at a time (fewer registers than one product
         over all ROWS, which spilled), summed into this program's slot of dw and db."""
@@ -130,7 +136,7 @@ if triton is not None:
         db = tl.zeros((CB,), tl.float32)
         for start in range(0, ROWS, SUB):
             rows = block * ROWS + start + tl.arange(0, SUB)
-            at = ((rows // 196)[:, None] * R * C + r * C + c[None, :]) * 196 + (rows % 196)[:, None]
+            at = (r * B * 196 + rows)[:, None] * C + c[None, :]
             keep = (rows < B * 196)[:, None] & (c < C)[None, :]
             won = tl.load(win_ptr + at, mask=keep, other=-1)
             grad = tl.load(grad_ptr + at, mask=keep, other=0.0)
@@ -145,22 +151,118 @@ if triton is not None:
         tl.store(db_ptr + (r * blocks + block) * CB + c, db)
 
 
+
+    @triton.jit
+    def _inner_tap(x_ptr, sr, sb, sy, sx, sc, r, image, y, x, valid, H, W, CI: tl.constexpr, KB: tl.constexpr):
+        """(rows, KB): the input channels at (y, x) of each row's image, zero outside the image."""
+        ci = tl.arange(0, KB)
+        inside = valid & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+        return tl.load(x_ptr + r * sr + image[:, None] * sb + (y * sy + x * sx)[:, None] + ci[None, :] * sc,
+                       mask=inside[:, None] & (ci < CI)[None, :], other=0.0)
+
+    @triton.jit
+    def _inner_forward(x_ptr, sr, sb, sy, sx, sc, w_ptr, b_ptr, out_ptr, won_ptr, slope_ptr, B, H, W,
+                       CI: tl.constexpr, CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr,
+                       ACT: tl.constexpr, GPU: tl.constexpr, BM: tl.constexpr):
+        """BM pooled positions (image, py, px) of member r: the conv at each window position as nine
+        (BM, C_in) @ (C_in, C_out) products, then activation and max; x may be any strided (R, B, H, W, C_in)."""
+        r = tl.program_id(0)
+        PH, PW = H // 2, W // 2
+        n = B * PH * PW
+        rows = tl.program_id(1) * BM + tl.arange(0, BM)
+        image, py, px = rows // (PH * PW), rows % (PH * PW) // PW, rows % PW
+        ci, co = tl.arange(0, KB), tl.arange(0, NB)
+        bias = tl.load(b_ptr + r * CO + co, mask=co < CO, other=0.0)
+        best = tl.full((BM, NB), float("-inf"), tl.float32)
+        won = tl.zeros((BM, NB), tl.int8)
+        slope = tl.zeros((BM, NB), tl.float32)
+        for s in tl.static_range(4):  # max_pool2d's scan order; ties keep the first
+            acc = tl.zeros((BM, NB), tl.float32)
+            for k in tl.static_range(9):
+                a = _inner_tap(x_ptr, sr, sb, sy, sx, sc, r, image, 2 * py + s // 2 + k // 3 - 1,
+                               2 * px + s % 2 + k % 3 - 1, rows < n, H, W, CI, KB)
+                w = tl.load(w_ptr + ((r * 9 + k) * CI + ci[:, None]) * CO + co[None, :],
+                            mask=(ci < CI)[:, None] & (co < CO)[None, :], other=0.0)
+                acc += tl.dot(a, w)
+            pre = acc + bias[None, :]
+            act = _activate(pre, ACT, GPU)
+            better = act > best
+            won = tl.where(better, s, won).to(tl.int8)
+            slope = tl.where(better, _slope(pre, ACT, GPU), slope)
+            best = tl.maximum(best, act)
+        at = (r * n + rows)[:, None] * CO + co[None, :]  # out, won and slope are (R, B, PH, PW, C_out)
+        keep = (rows < n)[:, None] & (co < CO)[None, :]
+        tl.store(out_ptr + at, best, mask=keep)
+        tl.store(won_ptr + at, won, mask=keep)
+        tl.store(slope_ptr + at, slope, mask=keep)
+
+    @triton.jit
+    def _inner_input_grad(g_ptr, won_ptr, w_ptr, dx_ptr, B, H, W, CI: tl.constexpr, CO: tl.constexpr,
+                          KB: tl.constexpr, NB: tl.constexpr, BM: tl.constexpr):
+        """BM input positions of member r: for each tap, the conv output it fed, and the pre-activation
+        gradient g there (g if that position won its pool window, else 0) @ the tap's kernel transposed."""
+        r = tl.program_id(0)
+        PH, PW = H // 2, W // 2
+        rows = tl.program_id(1) * BM + tl.arange(0, BM)
+        image, y, x = rows // (H * W), rows % (H * W) // W, rows % W
+        ci, co = tl.arange(0, KB), tl.arange(0, NB)
+        acc = tl.zeros((BM, KB), tl.float32)
+        for k in tl.static_range(9):
+            oy, ox = y - (k // 3 - 1), x - (k % 3 - 1)
+            fed = (rows < B * H * W) & (oy >= 0) & (oy < 2 * PH) & (ox >= 0) & (ox < 2 * PW)
+            at = ((r * B + image) * PH * PW + oy // 2 * PW + ox // 2)[:, None] * CO + co[None, :]
+            keep = fed[:, None] & (co < CO)[None, :]
+            won = tl.load(won_ptr + at, mask=keep, other=-1)
+            g = tl.load(g_ptr + at, mask=keep, other=0.0)
+            g = tl.where(won == (oy % 2 * 2 + ox % 2)[:, None], g, 0.0)
+            w = tl.load(w_ptr + ((r * 9 + k) * CI + ci[None, :]) * CO + co[:, None],
+                        mask=(ci < CI)[None, :] & (co < CO)[:, None], other=0.0)
+            acc += tl.dot(g, w)
+        tl.store(dx_ptr + (r * B * H * W + rows)[:, None] * CI + ci[None, :], acc,
+                 mask=(rows < B * H * W)[:, None] & (ci < CI)[None, :])
+
+    @triton.jit
+    def _inner_kernel_grad(x_ptr, sr, sb, sy, sx, sc, g_ptr, won_ptr, dw_ptr, B, H, W, CI: tl.constexpr,
+                           CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr, ROWS: tl.constexpr,
+                           SUB: tl.constexpr):
+        """Tap k's (C_in, C_out) kernel gradient from ROWS pooled positions of member r, SUB at a time."""
+        r, k, block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        PH, PW = H // 2, W // 2
+        n = B * PH * PW
+        co = tl.arange(0, NB)
+        dw = tl.zeros((KB, NB), tl.float32)
+        for start in range(0, ROWS, SUB):
+            rows = block * ROWS + start + tl.arange(0, SUB)
+            image, py, px = rows // (PH * PW), rows % (PH * PW) // PW, rows % PW
+            at = (r * n + rows)[:, None] * CO + co[None, :]
+            keep = (rows < n)[:, None] & (co < CO)[None, :]
+            won = tl.load(won_ptr + at, mask=keep, other=-1)
+            g = tl.load(g_ptr + at, mask=keep, other=0.0)
+            for s in tl.static_range(4):
+                a = _inner_tap(x_ptr, sr, sb, sy, sx, sc, r, image, 2 * py + s // 2 + k // 3 - 1,
+                               2 * px + s % 2 + k % 3 - 1, rows < n, H, W, CI, KB)
+                dw += tl.dot(tl.trans(a), tl.where(won == s, g, 0.0))
+        blocks = tl.num_programs(2)
+        ci = tl.arange(0, KB)
+        tl.store(dw_ptr + (((r * blocks + block) * 9 + k) * KB + ci[:, None]) * NB + co[None, :], dw)
+
+
 def width(channels: int) -> int:
     """Channels padded to a power of two of at least 16, the smallest tensor-core product."""
     return max(16, triton.next_power_of_2(channels))
 
 
-class ConvActPool(torch.autograd.Function):
-    """x (R, batch, 1, 28, 28), weight (R, C, 1, 3, 3), bias (R, C) -> (batch, R * C, 14, 14)."""
+class FirstBlock(torch.autograd.Function):
+    """x (R, batch, 1, 28, 28), weight (R, C, 1, 3, 3), bias (R, C) -> (R, batch, 14, 14, C)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: int) -> torch.Tensor:
         R, B, C = x.shape[0], x.shape[1], weight.shape[1]
         x, weight, bias = x.reshape(R, B, 784).contiguous(), weight.contiguous(), bias.contiguous()
-        out = torch.empty(B, R * C, 14, 14, device=x.device, dtype=torch.float32)
+        out = torch.empty(R, B, 14, 14, C, device=x.device, dtype=torch.float32)
         won = torch.empty(out.shape, device=x.device, dtype=torch.int8)
         grid = (R, triton.cdiv(B * 196, BLOCK))
-        _forward[grid](x, weight, bias, out, won, R, B, C, width(C), act, x.is_cuda, BLOCK, num_warps=WARPS)
+        _forward[grid](x, weight, bias, out, won, B, C, width(C), act, x.is_cuda, BLOCK, num_warps=WARPS)
         ctx.save_for_backward(x, weight, bias, won)
         ctx.act = act
         return out
@@ -172,11 +274,54 @@ class ConvActPool(torch.autograd.Function):
         CB, blocks = width(C), triton.cdiv(B * 196, BACKWARD_ROWS)
         dw = torch.empty(R, blocks, 16, CB, device=x.device)
         db = torch.empty(R, blocks, CB, device=x.device)
-        _backward[(R, blocks)](x, weight, bias, won, grad.contiguous(), dw, db, R, B, C, CB, ctx.act, x.is_cuda,
+        _backward[(R, blocks)](x, weight, bias, won, grad.contiguous(), dw, db, B, C, CB, ctx.act, x.is_cuda,
                                BACKWARD_ROWS, BACKWARD_SUB, num_warps=WARPS)
         dw = dw.sum(1)[:, :9, :C].transpose(1, 2).reshape(weight.shape)
         return None, dw, db.sum(1)[:, :C], None
 
 
-def conv_act_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: nn.Module) -> torch.Tensor:
-    return ConvActPool.apply(x, weight, bias, ACTIVATIONS[type(act)])
+class InnerBlock(torch.autograd.Function):
+    """x (R, batch, H, W, C_in), any strides; weight (R, C_out, C_in, 3, 3), bias (R, C_out)
+    -> (R, batch, H // 2, W // 2, C_out)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: int) -> torch.Tensor:
+        R, B, H, W, CI = x.shape
+        CO = weight.shape[1]
+        taps = weight.permute(0, 3, 4, 2, 1).reshape(R, 9, CI, CO).contiguous()  # (R, tap, C_in, C_out)
+        out = torch.empty(R, B, H // 2, W // 2, CO, device=x.device, dtype=torch.float32)
+        won = torch.empty(out.shape, device=x.device, dtype=torch.int8)
+        slope = torch.empty_like(out)
+        NB = width(CO)
+        BM = max(16, min(128, INNER_TILE // NB))
+        grid = (R, triton.cdiv(out[0].numel() // CO, BM))
+        _inner_forward[grid](x, *x.stride(), taps, bias.contiguous(), out, won, slope, B, H, W, CI, CO, width(CI),
+                             NB, act, x.is_cuda, BM, num_warps=WARPS)
+        ctx.save_for_backward(x, taps, won, slope)
+        ctx.weight_shape = weight.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+        x, taps, won, slope = ctx.saved_tensors
+        R, B, H, W, CI = x.shape
+        CO, KB, NB = taps.shape[-1], width(CI), width(taps.shape[-1])
+        g = (grad * slope).contiguous()  # pre-activation gradient at each window's winner; 0 elsewhere
+        dx = torch.empty(R, B, H, W, CI, device=x.device, dtype=torch.float32)
+        BM = max(16, min(128, INNER_TILE // KB))
+        _inner_input_grad[(R, triton.cdiv(B * H * W, BM))](g, won, taps, dx, B, H, W, CI, CO, KB, NB, BM,
+                                                            num_warps=WARPS)
+        blocks = triton.cdiv(g[0].numel() // CO, BACKWARD_ROWS)
+        dw = torch.empty(R, blocks, 9, KB, NB, device=x.device)
+        _inner_kernel_grad[(R, 9, blocks)](x, *x.stride(), g, won, dw, B, H, W, CI, CO, KB, NB, BACKWARD_ROWS,
+                                           BACKWARD_SUB, num_warps=WARPS)
+        dw = dw.sum(1)[..., :CI, :CO].permute(0, 3, 2, 1).reshape(ctx.weight_shape)
+        return dx, dw, g.sum((1, 2, 3)), None
+
+
+def first_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: nn.Module) -> torch.Tensor:
+    return FirstBlock.apply(x, weight, bias, ACTIVATIONS[type(act)])
+
+
+def inner_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: nn.Module) -> torch.Tensor:
+    return InnerBlock.apply(x, weight, bias, ACTIVATIONS[type(act)])

@@ -40,9 +40,13 @@ class Population:
         self.seeds = list(seeds)
         self.params, _ = stack_module_state(members)
         self.layers = list(members[0].named_children())  # the layer sequence; weights come from self.params
-        # conv 1 -> C, activation, max-pool as one Triton kernel each way on a GPU (conv_pool.py)
-        self.fuse_first = len(self.layers) > 2 and isinstance(self.layers[0][1], nn.Conv2d) and conv_pool.fusable(
-            self.layers[0][1], self.layers[1][1], self.layers[2][1], torch.device(device))
+        # A CNN's (conv, activation, pool) blocks run as Triton kernels on a GPU (conv_pool.py): all or none
+        self.blocks = 0
+        while isinstance(self.layers[3 * self.blocks][1], nn.Conv2d):
+            self.blocks += 1
+        self.fused = self.blocks > 0 and self.layers[0][1].in_channels == 1 and all(
+            conv_pool.fusable(*(m for _, m in self.layers[3 * i:3 * i + 3]), torch.device(device))
+            for i in range(self.blocks))
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -55,10 +59,9 @@ class Population:
         """
         R, h, layers = len(self), x, self.layers
         layout = "shared" if shared else "members"
-        if self.fuse_first and not shared:
-            name = layers[0][0]
-            h = conv_pool.conv_act_pool(h, self.params[f"{name}.weight"], self.params[f"{name}.bias"], layers[1][1])
-            layers, layout = layers[3:], "channels"
+        if self.fused:
+            h = self._fused_blocks(h.expand(R, *h.shape) if shared else h)
+            layers, layout = layers[3 * self.blocks + 1:], "members"
         for name, layer in layers:
             if isinstance(layer, nn.Conv2d):
                 w, b = self.params[f"{name}.weight"].flatten(0, 1), self.params[f"{name}.bias"].flatten()
@@ -78,6 +81,15 @@ class Population:
             else:  # activations and pooling act per channel, in any layout
                 h = layer(h)
         return h
+
+    def _fused_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv blocks' kernels: (R, batch, 1, 28, 28) -> (R, batch, features) in Flatten's order."""
+        h = x
+        for i in range(self.blocks):
+            (name, _), (_, act), _ = self.layers[3 * i:3 * i + 3]
+            block = conv_pool.first_block if i == 0 else conv_pool.inner_block
+            h = block(h, self.params[f"{name}.weight"], self.params[f"{name}.bias"], act)
+        return h.permute(0, 1, 4, 2, 3).flatten(2)  # (R, batch, H, W, C) -> channel-major, as nn.Flatten
 
     def member_state(self, r: int) -> dict[str, torch.Tensor]:
         return {k: v[r].detach().cpu().clone() for k, v in self.params.items()}
