@@ -2,7 +2,7 @@
 
 Both use the device-resident trainer, the same seeds, corruption 0.2 and batch size; the population
 stacks the R members (tune_mnist.population) and reproduces each separate run to float tolerance.
-Where the CNN's first block runs as the fused Triton kernel, the population is also timed without it.
+Where the CNN's conv blocks run as fused Triton kernels, the population is also timed without them.
 
     python benchmarks/population.py [--members 64] [--batch-size 128]
 """
@@ -55,7 +55,7 @@ def main():
         if pop.Population(spec, seeds[:1], device).fused:
             together(spec, splits, cfg, seeds, device, fuse=False)
             unfused, _ = timed(lambda: together(spec, splits, cfg, seeds, device, fuse=False), device)
-            print(f"{label}: population without the fused first block (conv_pool.py) {unfused:.2f} s, "
+            print(f"{label}: population without the fused conv blocks (conv_pool.py) {unfused:.2f} s, "
                   f"the kernel x{unfused / stacked:.2f}", flush=True)
 
 
