@@ -5,6 +5,10 @@ One 10-minute command cannot hold it all, so this times a slice — every activa
 --repeats R of the 40 — and extrapolates linearly in the repeats (R/40 of the runs; trials of one
 population run together, so the extrapolation is an upper bound when R < population).
 
+Triton compiles each kernel once per machine (its cache is on disk), a few seconds apiece and about 25
+of them for the CNN's three activations: a fixed cost that a linear extrapolation would count 40/R
+times. So each family first runs a one-epoch, one-repeat warm-up of the same command, reported apart.
+
     python benchmarks/campaign.py --repeats 2 --population 20 --gpus-per-trial 0.5
 """
 
@@ -22,16 +26,23 @@ def main():
     p.add_argument("--population", type=int, default=20)
     p.add_argument("--gpus-per-trial", default="0.5")
     p.add_argument("--families", nargs="+", default=["mlp", "cnn"])
+    p.add_argument("--no-warm-up", dest="warm_up", action="store_false")
     args = p.parse_args()
     total = 0.0
     for family, epochs in (("mlp", "15"), ("cnn", "20")):
         if family not in args.families:
             continue
         cmd = [sys.executable, "-m", "tune_mnist", "corruption", "--families", family, "--activations", "relu",
-               "tanh", "gelu", "--p", *P, "--repeats", str(args.repeats), "--epochs", epochs,
-               "--mlp-widths", "1024", "512", "256", "--cnn-channels", "32", "64", "128", "--batch-size", "128",
-               "--population", str(args.population), "--gpus-per-trial", args.gpus_per_trial,
-               "--name", f"campaign-{family}-{int(time.time())}"]
+               "tanh", "gelu", "--p", *P, "--mlp-widths", "1024", "512", "256", "--cnn-channels", "32", "64", "128",
+               "--batch-size", "128", "--population", str(args.population), "--gpus-per-trial", args.gpus_per_trial]
+        if args.warm_up:
+            start = time.time()
+            subprocess.run([*cmd, "--repeats", "1", "--epochs", "1", "--name", f"warm-up-{family}-{int(start)}"],
+                           capture_output=True, check=True)
+            total += time.time() - start  # a whole campaign pays it once
+            print(f"{family}: warm-up (1 repeat, 1 epoch: Triton compiles, Ray start) {time.time() - start:.0f} s",
+                  flush=True)
+        cmd += ["--repeats", str(args.repeats), "--epochs", epochs, "--name", f"campaign-{family}-{int(time.time())}"]
         start = time.time()
         done = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.time() - start
@@ -40,7 +51,8 @@ def main():
         print(f"{family}: {runs} runs in {wall:.0f} s (rc={done.returncode}) -> 1,200 runs in about "
               f"{wall * 40 / args.repeats / 60:.1f} min   {summary[-1] if summary else done.stderr[-500:]}", flush=True)
         total += wall * 40 / args.repeats
-    print(f"campaign of 2,400 runs, extrapolated from R={args.repeats} of 40 repeats: {total / 60:.1f} min", flush=True)
+    print(f"campaign of 2,400 runs, extrapolated from R={args.repeats} of 40 repeats, warm-ups counted once: "
+          f"{total / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,10 @@ def fusable(conv: nn.Conv2d, act: nn.Module, pool: nn.Module, device: torch.devi
 
 
 if triton is not None:
+    # Triton compiles a kernel again for each class of integer argument (divisible by 16 or not): left to it,
+    # evaluation chunks (204 images for 40 members) compile a second copy of each kernel, a few seconds apiece.
+    batch_any_size = triton.jit(do_not_specialize=["B"])
+
     @triton.jit
     def _tanh(p, GPU: tl.constexpr):
         """CUDA's tanhf and expf on a GPU, as torch uses, so the pool's ties fall as in the unfused layers;
@@ -108,7 +112,7 @@ if triton is not None:
         w = tl.load(w_ptr + (r * C + c[None, :]) * 9 + k[:, None], mask=(k[:, None] < 9) & (c[None, :] < C), other=0.0)
         return w, tl.load(b_ptr + r * C + c, mask=c < C, other=0.0)
 
-    @triton.jit
+    @batch_any_size
     def _forward(x_ptr, w_ptr, b_ptr, out_ptr, win_ptr, B, C: tl.constexpr, CB: tl.constexpr,
                  ACT: tl.constexpr, GPU: tl.constexpr, BLOCK: tl.constexpr):
         r = tl.program_id(0)
@@ -127,7 +131,7 @@ if triton is not None:
         tl.store(out_ptr + at, best, mask=keep)
         tl.store(win_ptr + at, won, mask=keep)
 
-    @triton.jit
+    @batch_any_size
     def _backward(x_ptr, w_ptr, b_ptr, win_ptr, grad_ptr, dw_ptr, db_ptr, B, C: tl.constexpr,
                   CB: tl.constexpr, ACT: tl.constexpr, GPU: tl.constexpr, ROWS: tl.constexpr, SUB: tl.constexpr):
         """Kernel and bias gradients of ROWS pooled positions, SUB at a time (fewer registers than one product
@@ -163,7 +167,7 @@ if triton is not None:
         return tl.load(x_ptr + r * sr + image[:, None] * sb + (y * sy + x * sx)[:, None] + ci[None, :] * sc,
                        mask=inside[:, None] & (ci < CI)[None, :], other=0.0)
 
-    @triton.jit
+    @batch_any_size
     def _inner_forward(x_ptr, sr, sb, sy, sx, sc, w_ptr, b_ptr, out_ptr, won_ptr, slope_ptr, B, H, W,
                        CI: tl.constexpr, CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr,
                        ACT: tl.constexpr, GPU: tl.constexpr, BM: tl.constexpr):
@@ -197,7 +201,7 @@ if triton is not None:
         tl.store(won_ptr + at, won.to(tl.int8), mask=keep)
         tl.store(slope_ptr + at, slope, mask=keep)
 
-    @triton.jit
+    @batch_any_size
     def _inner_input_grad(g_ptr, won_ptr, w_ptr, dx_ptr, B, H, W, CI: tl.constexpr, CO: tl.constexpr,
                           KB: tl.constexpr, NB: tl.constexpr, BM: tl.constexpr):
         """BM input positions of member r: for each tap, the conv output it fed, and the pre-activation
@@ -226,7 +230,7 @@ if triton is not None:
     def _tap_grad(x_ptr, sr, sb, sy, sx, sc, r, image, y, x, valid, g, H, W, CI: tl.constexpr, KB: tl.constexpr):
         return tl.dot(tl.trans(_inner_tap(x_ptr, sr, sb, sy, sx, sc, r, image, y, x, valid, H, W, CI, KB)), g)
 
-    @triton.jit
+    @batch_any_size
     def _inner_kernel_grad(x_ptr, sr, sb, sy, sx, sc, g_ptr, won_ptr, dw_ptr, B, H, W, CI: tl.constexpr,
                            CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr, ROWS: tl.constexpr,
                            SUB: tl.constexpr):
