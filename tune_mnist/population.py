@@ -124,7 +124,7 @@ def train_epoch(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit,
         y = train.y[idx]
         logits = pop(prepare(corrupt(train.x[idx], keys, idx), cfg.inputs))
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(R, -1).mean(1)
-        opt.zero_grad(set_to_none=False)
+        opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         opt.step()
         total.add_(losses.detach() * y.shape[1])

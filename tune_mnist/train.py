@@ -160,7 +160,9 @@ class GraphedStep:
     batch 128 on an H100). The first `warmup` calls run eagerly on a side stream, as CUDA graph capture
     requires; then the step is captured once for the full batch shape and replayed with the new batch
     indices copied into its static input. Other shapes (a last partial batch) and CPU tensors run
-    eagerly. The step must zero gradients with set_to_none=False, so they stay in the same memory.
+    eagerly. The step should drop its gradients (zero_grad(set_to_none=True)): captured so, backward
+    writes them into the graph's own memory on every replay instead of zeroing and adding to them, which
+    was a third of an MLP population's step on an H100 (58M parameters: 0.5 of 1.7 ms).
     """
 
     def __init__(self, step: Callable[[torch.Tensor], None], warmup: int = 3):
@@ -222,7 +224,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit
         samples = torch.arange(n, device=device) if batch >= n else idx
         logits = model(prepare(corrupt(x[None], keys, samples[None])[0], cfg.inputs))
         loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=False)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         total.add_(loss.detach() * len(y))
