@@ -30,7 +30,7 @@ def separate(spec, splits, cfg, seeds, device):
 
 def together(spec, splits, cfg, seeds, device, fuse=True):
     population = pop.Population(spec, seeds, device)
-    population.fused = population.fused and fuse
+    population.fused_blocks = population.fused_blocks if fuse else 0
     opt = make_optimizer(list(population.params.values()), cfg)
     pop.train_epoch(population, opt, splits["train"], cfg, [cfg.corruption] * len(seeds), 0)
 
@@ -52,7 +52,7 @@ def main():
         print(f"{label}: {args.members} separate runs {alone:.2f} s, one population {stacked:.2f} s, "
               f"x{alone / stacked:.1f}  ({alone / args.members:.3f} vs {stacked / args.members:.3f} s per member-epoch)",
               flush=True)
-        if pop.Population(spec, seeds[:1], device).fused:
+        if pop.Population(spec, seeds[:1], device).fused_blocks:
             together(spec, splits, cfg, seeds, device, fuse=False)
             unfused, _ = timed(lambda: together(spec, splits, cfg, seeds, device, fuse=False), device)
             print(f"{label}: population without the fused conv blocks (conv_pool.py) {unfused:.2f} s, "

@@ -59,17 +59,29 @@ def test_population_size_defaults_by_device_and_never_exceeds_the_runs():
 
 FUSED_BLOCKS = """
 import torch
+from torch import nn
+from tune_mnist import conv_pool, models
 from tune_mnist import population as pop
+calls, blocks = [], conv_pool.blocks
+conv_pool.blocks = lambda *args: calls.append(1) or blocks(*args)
 for act, channels in [("relu", [8, 16]), ("leaky_relu", [8, 16, 24]), ("tanh", [8, 16]), ("gelu", [4, 16, 16])]:
     spec = {"family": "cnn", "channels": channels, "hidden": 32, "activation": act}
     p = pop.Population(spec, [0, 1, 2], "cpu")
-    assert p.fused and p.blocks == len(channels), act
+    assert p.fused_blocks == len(channels), act
     x = torch.rand(3, 5, 1, 28, 28)
     fused = p(x)
     fused_grads = torch.autograd.grad(fused.square().sum(), list(p.params.values()))
     with torch.inference_mode():
         fused_shared = p(x[0], shared=True)
-    p.fused = False
+    torch.manual_seed(1)
+    alone = models.build(spec)  # a single CNN runs the same kernels, as a population of one
+    calls.clear()
+    assert torch.allclose(alone(x[1]), fused[1], rtol=1e-5, atol=1e-6) and calls, act
+    alone_grads = torch.autograd.grad(alone(x[1]).square().sum(), list(alone.parameters()))
+    plain_alone_grads = torch.autograd.grad(nn.Sequential.forward(alone, x[1]).square().sum(), list(alone.parameters()))
+    for a, b in zip(alone_grads, plain_alone_grads):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), act
+    p.fused_blocks = 0
     plain = p(x)
     plain_grads = torch.autograd.grad(plain.square().sum(), list(p.params.values()))
     assert torch.allclose(fused, plain, rtol=1e-5, atol=1e-6), act
@@ -77,11 +89,11 @@ for act, channels in [("relu", [8, 16]), ("leaky_relu", [8, 16, 24]), ("tanh", [
     for a, b in zip(fused_grads, plain_grads):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max(), act
 sigmoid = {"family": "cnn", "channels": [8], "hidden": 0, "activation": "sigmoid"}
-assert not pop.Population(sigmoid, [0], "cpu").fused
+assert not pop.Population(sigmoid, [0], "cpu").fused_blocks
 """
 
 
 def test_fused_conv_blocks_equal_the_layers_they_replace():
     under_triton_interpreter(FUSED_BLOCKS)
     spec = {"family": "cnn", "channels": [8], "hidden": 0, "activation": "relu"}
-    assert not pop.Population(spec, [0], "cpu").fused or os.environ.get("TRITON_INTERPRET") == "1"
+    assert not pop.Population(spec, [0], "cpu").fused_blocks or os.environ.get("TRITON_INTERPRET") == "1"

@@ -19,6 +19,8 @@ Kernel gradients are summed per block into buffers that torch reduces (determini
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -38,7 +40,7 @@ BACKWARD_ROWS, BACKWARD_SUB = 512, 32
 INNER_TILE, INNER_ROWS, INNER_SUB = 4096, 256, 16
 
 
-def fusable(conv: nn.Conv2d, act: nn.Module, pool: nn.Module, device: torch.device) -> bool:
+def fusable(conv: nn.Module, act: nn.Module, pool: nn.Module, device: torch.device) -> bool:
     """The blocks these kernels compute: a GPU (or Triton's interpreter), a 3x3 conv with stride 1 and
     padding 1, a known activation (leaky ReLU with slope 0.1, GELU exact), then 2x2 max-pool."""
     return (available(device) and isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)
@@ -342,3 +344,22 @@ def first_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: 
 
 def inner_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: nn.Module) -> torch.Tensor:
     return InnerBlock.apply(x, weight, bias, ACTIVATIONS[type(act)])
+
+
+def fusable_blocks(layers: Sequence[nn.Module], device: torch.device) -> int:
+    """How many leading (conv, activation, pool) blocks of a models.cnn layer list the kernels run: all, or 0."""
+    n = 0
+    while 3 * n < len(layers) and isinstance(layers[3 * n], nn.Conv2d):
+        n += 1
+    if n and layers[0].in_channels == 1 and all(fusable(*layers[3 * i:3 * i + 3], device) for i in range(n)):
+        return n
+    return 0
+
+
+def blocks(x: torch.Tensor, params: Sequence[tuple[torch.Tensor, torch.Tensor, nn.Module]]) -> torch.Tensor:
+    """x (R, batch, 1, 28, 28) through the blocks, each given as ((R, C_out, C_in, 3, 3) kernels, (R, C_out)
+    biases, activation) -> (R, batch, features), in nn.Flatten's (channel, row, column) order."""
+    h = x
+    for i, (weight, bias, act) in enumerate(params):
+        h = (first_block if i == 0 else inner_block)(h, weight, bias, act)
+    return h.permute(0, 1, 4, 2, 3).flatten(2)

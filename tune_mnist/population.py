@@ -40,13 +40,8 @@ class Population:
         self.seeds = list(seeds)
         self.params, _ = stack_module_state(members)
         self.layers = list(members[0].named_children())  # the layer sequence; weights come from self.params
-        # A CNN's (conv, activation, pool) blocks run as Triton kernels on a GPU (conv_pool.py): all or none
-        self.blocks = 0
-        while isinstance(self.layers[3 * self.blocks][1], nn.Conv2d):
-            self.blocks += 1
-        self.fused = self.blocks > 0 and self.layers[0][1].in_channels == 1 and all(
-            conv_pool.fusable(*(m for _, m in self.layers[3 * i:3 * i + 3]), torch.device(device))
-            for i in range(self.blocks))
+        # a CNN's (conv, activation, pool) blocks run as Triton kernels on a GPU (conv_pool.py)
+        self.fused_blocks = conv_pool.fusable_blocks([m for _, m in self.layers], torch.device(device))
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -59,9 +54,13 @@ class Population:
         """
         R, h, layers = len(self), x, self.layers
         layout = "shared" if shared else "members"
-        if self.fused:
-            h = self._fused_blocks(h.expand(R, *h.shape) if shared else h)
-            layers, layout = layers[3 * self.blocks + 1:], "members"
+        if self.fused_blocks:
+            blocks = []
+            for i in range(self.fused_blocks):
+                (name, _), (_, act) = self.layers[3 * i:3 * i + 2]
+                blocks.append((self.params[f"{name}.weight"], self.params[f"{name}.bias"], act))
+            h = conv_pool.blocks(h.expand(R, *h.shape) if shared else h, blocks)
+            layers, layout = layers[3 * self.fused_blocks + 1:], "members"
         for name, layer in layers:
             if isinstance(layer, nn.Conv2d):
                 w, b = self.params[f"{name}.weight"].flatten(0, 1), self.params[f"{name}.bias"].flatten()
@@ -81,15 +80,6 @@ class Population:
             else:  # activations and pooling act per channel, in any layout
                 h = layer(h)
         return h
-
-    def _fused_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """The conv blocks' kernels: (R, batch, 1, 28, 28) -> (R, batch, features) in Flatten's order."""
-        h = x
-        for i in range(self.blocks):
-            (name, _), (_, act), _ = self.layers[3 * i:3 * i + 3]
-            block = conv_pool.first_block if i == 0 else conv_pool.inner_block
-            h = block(h, self.params[f"{name}.weight"], self.params[f"{name}.bias"], act)
-        return h.permute(0, 1, 4, 2, 3).flatten(2)  # (R, batch, H, W, C) -> channel-major, as nn.Flatten
 
     def member_state(self, r: int) -> dict[str, torch.Tensor]:
         return {k: v[r].detach().cpu().clone() for k, v in self.params.items()}
