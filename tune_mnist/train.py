@@ -161,8 +161,8 @@ class GraphedStep:
     requires; then the step is captured once for the full batch shape and replayed with the new batch
     indices copied into its static input. Other shapes (a last partial batch) and CPU tensors run
     eagerly. The step should drop its gradients (zero_grad(set_to_none=True)): captured so, backward
-    writes them into the graph's own memory on every replay instead of zeroing and adding to them, which
-    was a third of an MLP population's step on an H100 (58M parameters: 0.5 of 1.7 ms).
+    writes them into the graph's own memory on every replay instead of zeroing and adding to them (on an
+    H100, 7% off an epoch of 40 stacked MLPs 1024-512-256, 8% off one MLP 256-128 at batch 128).
     """
 
     def __init__(self, step: Callable[[torch.Tensor], None], warmup: int = 3):
