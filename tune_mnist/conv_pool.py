@@ -1,4 +1,5 @@
-"""A CNN population's conv blocks (3x3 conv, activation, 2x2 max-pool) as Triton kernels, one each way.
+"""A CNN's conv blocks (3x3 conv, activation, 2x2 max-pool) as Triton kernels, for a population of R
+members (population.py) or a single net (models.CNN, R = 1).
 
 Unfused, a block writes and rereads its full-size activations through a grouped convolution, the
 activation, the pool and their backwards: 800 MB a step for the first block of 64 members of 32
@@ -13,7 +14,7 @@ an inner block's conv is a sum over the nine taps of (positions x C_in) @ (C_in 
   the winner's pre-activation; no input gradient, as it is the first layer.
 - Inner blocks: the backward has an input gradient (the same nine products with the kernel
   transposed, reading the pooled gradient where that position won) and a kernel gradient (one
-  program per member, tap and block of positions).
+  program per member, row of three taps and block of positions).
 Kernel gradients are summed per block into buffers that torch reduces (deterministic, no atomics).
 """
 
@@ -158,8 +159,6 @@ if triton is not None:
         blocks = tl.num_programs(1)
         tl.store(dw_ptr + ((r * blocks + block) * 16 + k[:, None]) * CB + c[None, :], dw)
         tl.store(db_ptr + (r * blocks + block) * CB + c, db)
-
-
 
     @triton.jit
     def _inner_tap(x_ptr, sr, sb, sy, sx, sc, r, image, y, x, valid, H, W, CI: tl.constexpr, KB: tl.constexpr):
