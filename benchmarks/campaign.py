@@ -39,9 +39,9 @@ def main():
             start = time.time()
             subprocess.run([*cmd, "--repeats", "1", "--epochs", "1", "--name", f"warm-up-{family}-{int(start)}"],
                            capture_output=True, check=True)
-            total += time.time() - start  # a whole campaign pays it once
-            print(f"{family}: warm-up (1 repeat, 1 epoch: Triton compiles, Ray start) {time.time() - start:.0f} s",
-                  flush=True)
+            warm_up = time.time() - start
+            total += warm_up  # a whole campaign pays it once
+            print(f"{family}: warm-up (1 repeat, 1 epoch: Triton compiles, Ray start) {warm_up:.0f} s", flush=True)
         cmd += ["--repeats", str(args.repeats), "--epochs", epochs, "--name", f"campaign-{family}-{int(time.time())}"]
         start = time.time()
         done = subprocess.run(cmd, capture_output=True, text=True)
