@@ -5,9 +5,10 @@ One 10-minute command cannot hold it all, so this times a slice — every activa
 --repeats R of the 40 — and extrapolates linearly in the repeats (R/40 of the runs; trials of one
 population run together, so the extrapolation is an upper bound when R < population).
 
-Triton compiles each kernel once per machine (its cache is on disk), a few seconds apiece and about 25
-of them for the CNN's three activations: a fixed cost that a linear extrapolation would count 40/R
-times. So each family first runs a one-epoch, one-repeat warm-up of the same command, reported apart.
+Triton compiles each kernel once per machine (its cache is on disk), seconds apiece: 17 for the CNN's
+three activations (the corruption kernel, then per activation the first block's two and each inner
+block's forward; the inner backwards do not depend on it). A linear extrapolation would count that
+fixed cost 40/R times. So each family first runs a one-epoch, one-repeat warm-up of the same command, reported apart.
 
     python benchmarks/campaign.py --repeats 2 --population 20 --gpus-per-trial 0.5
 """

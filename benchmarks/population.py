@@ -56,7 +56,7 @@ def main():
             together(spec, splits, cfg, seeds, device, fuse=False)
             unfused, _ = timed(lambda: together(spec, splits, cfg, seeds, device, fuse=False), device)
             print(f"{label}: population without the fused conv blocks (conv_pool.py) {unfused:.2f} s, "
-                  f"the kernel x{unfused / stacked:.2f}", flush=True)
+                  f"the kernels x{unfused / stacked:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@ members (population.py) or a single net (models.CNN, R = 1).
 
 Unfused, a block writes and rereads its full-size activations through a grouped convolution, the
 activation, the pool and their backwards: 800 MB a step for the first block of 64 members of 32
-channels at batch 128, and cuDNN's grouped convolutions of the second block ran at about 25 TFLOP/s
-on an H100. Here a program computes, for one member and a block of pooled positions, the conv at the
-four positions of every pool window, applies the activation and keeps the maximum; only the pooled
-output, the window position that won (and, for inner blocks, the activation's slope there) leave
-the kernel. Activations are kept as (R, batch, H, W, C), each member's channels contiguous, so that
-an inner block's conv is a sum over the nine taps of (positions x C_in) @ (C_in x C_out) products.
+channels at batch 128; on an H100 the 32-64 CNN's forward + backward for 64 members took 16.6 ms
+unfused, 5.3 ms with these kernels. Here a program computes, for one member and a block of pooled
+positions, the conv at the four positions of every pool window, applies the activation and keeps the
+maximum; only the pooled output, the window position that won (and, for inner blocks, the
+activation's slope there) leave the kernel. Activations are kept as (R, batch, H, W, C), each
+member's channels contiguous, so that an inner block's conv is a sum over the nine taps of
+(positions x C_in) @ (C_in x C_out) products.
 
 - First block (one input channel, 28x28): the nine taps are one K=16 product. The backward recomputes
   the winner's pre-activation; no input gradient, as it is the first layer.
