@@ -297,7 +297,10 @@ def run(trainable: Callable, run_dir: Path, name: str, res: Resources, data: Mni
                     checkpoint_at_end=True if checkpoint_every else None),
             ),
         )
-    return tuner.fit()
+    start = time.time()
+    grid = tuner.fit()
+    print(f"[{name}] {len(grid)} trials in {time.time() - start:.1f} s", flush=True)
+    return grid
 
 
 def rows(grid: tune.ResultGrid, keep_config: list[str]) -> pd.DataFrame:

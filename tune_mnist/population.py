@@ -29,6 +29,27 @@ from tune_mnist.train import (EVAL_CHUNK, GraphedStep, TrainConfig, check_finite
                               make_optimizer, noise_keys, prepare)
 
 
+class StackedLinear(torch.autograd.Function):
+    """h (R, batch, in) @ weight (R, out, in)^T + bias (R, out), each member its own dense layer.
+
+    torch.baddbmm(bias, h, weight.mT) computes the same, but its backward yields the weight gradient
+    transposed, which autograd then copies into the weight's layout: a strided copy of every weight
+    each step. Written here, the gradient is made in place, as the product grad^T @ h. On an H100 an
+    epoch of 40 MLPs 1024-512-256 at batch 128 took 0.56 s instead of 0.76 (256-128: 0.155 vs 0.19).
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, weight)
+        return torch.baddbmm(bias.unsqueeze(1), h, weight.mT)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        h, weight = ctx.saved_tensors
+        dh = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None  # none for the images
+        return dh, torch.bmm(grad.mT, h), grad.sum(1)
+
+
 class Population:
     """R models of one spec, initialised as separate runs with these seeds would be."""
 
@@ -74,8 +95,8 @@ class Population:
                 else:
                     h = h.flatten(2 if layout == "members" else 1)
             elif isinstance(layer, nn.Linear):  # a shared (batch, F) input broadcasts to every member
-                h = torch.baddbmm(self.params[f"{name}.bias"].unsqueeze(1), h.expand(R, *h.shape[-2:]),
-                                  self.params[f"{name}.weight"].transpose(1, 2))
+                h = StackedLinear.apply(h.expand(R, *h.shape[-2:]), self.params[f"{name}.weight"],
+                                        self.params[f"{name}.bias"])
                 layout = "members"
             else:  # activations and pooling act per channel, in any layout
                 h = layer(h)
