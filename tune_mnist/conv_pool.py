@@ -11,8 +11,10 @@ activation's slope there) leave the kernel. Activations are kept as (R, batch, H
 member's channels contiguous, so that an inner block's conv is a sum over the nine taps of
 (positions x C_in) @ (C_in x C_out) products.
 
-- First block (one input channel, 28x28): the nine taps are one K=16 product. The backward recomputes
-  the winner's pre-activation; no input gradient, as it is the first layer.
+- Every forward also saves the activation's slope at the winner, evaluated there only (a quarter of
+  GELU's erf and exp work), so no backward depends on the activation.
+- First block (one input channel, 28x28): the nine taps are one K=16 product. No input gradient, as
+  it is the first layer.
 - Inner blocks: the backward has an input gradient (the same nine products with the kernel
   transposed, reading the pooled gradient where that position won) and a kernel gradient (one
   program per member, row of three taps and block of positions).
@@ -98,9 +100,9 @@ if triton is not None:
             return 0.5 * (1.0 + tl.erf(p * 0.7071067811865476)) + p * _exp(-0.5 * p * p, GPU) * 0.3989422804014327
 
     @triton.jit
-    def _window(x_ptr, w, bias, r, rows, n_rows, s: tl.constexpr, B):
-        """Pre-activations (BLOCK, CB) at window offset s of the pooled positions rows (image * 196 + py * 14 + px)
-        of member r, and the 3x3 patches (BLOCK, 16) they were computed from."""
+    def _patches(x_ptr, r, rows, n_rows, s: tl.constexpr, B):
+        """The 3x3 input patches (BLOCK, 16) of window position s of the pooled positions rows
+        (image * 196 + py * 14 + px) of member r."""
         image, pos = rows // 196, rows % 196
         y = 2 * (pos // 14) + s // 2
         x = 2 * (pos % 14) + s % 2
@@ -108,8 +110,7 @@ if triton is not None:
         yy = y[:, None] + k[None, :] // 3 - 1
         xx = x[:, None] + k[None, :] % 3 - 1
         inside = (k[None, :] < 9) & (yy >= 0) & (yy < 28) & (xx >= 0) & (xx < 28) & (rows < n_rows)[:, None]
-        patches = tl.load(x_ptr + (r * B + image[:, None]) * 784 + yy * 28 + xx, mask=inside, other=0.0)
-        return tl.dot(patches, w, input_precision="ieee") + bias[None, :], patches
+        return tl.load(x_ptr + (r * B + image[:, None]) * 784 + yy * 28 + xx, mask=inside, other=0.0)
 
     @triton.jit
     def _weights(w_ptr, b_ptr, r, C: tl.constexpr, CB: tl.constexpr):
@@ -118,31 +119,33 @@ if triton is not None:
         return w, tl.load(b_ptr + r * C + c, mask=c < C, other=0.0)
 
     @batch_any_size
-    def _forward(x_ptr, w_ptr, b_ptr, out_ptr, win_ptr, B, C: tl.constexpr, CB: tl.constexpr,
+    def _forward(x_ptr, w_ptr, b_ptr, out_ptr, win_ptr, slope_ptr, B, C: tl.constexpr, CB: tl.constexpr,
                  ACT: tl.constexpr, GPU: tl.constexpr, BLOCK: tl.constexpr):
         r = tl.program_id(0)
         rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         w, bias = _weights(w_ptr, b_ptr, r, C, CB)
         best = tl.full((BLOCK, CB), float("-inf"), tl.float32)
+        best_pre = tl.zeros((BLOCK, CB), tl.float32)
         won = tl.zeros((BLOCK, CB), tl.int8)
         for s in tl.static_range(4):   # the pool window in max_pool2d's scan order; ties keep the first
-            pre, _ = _window(x_ptr, w, bias, r, rows, B * 196, s, B)
+            pre = tl.dot(_patches(x_ptr, r, rows, B * 196, s, B), w, input_precision="ieee") + bias[None, :]
             a = _activate(pre, ACT, GPU)
             won = tl.where(a > best, s, won).to(tl.int8)
+            best_pre = tl.where(a > best, pre, best_pre)
             best = tl.maximum(best, a)
         c = tl.arange(0, CB)
         at = (r * B * 196 + rows)[:, None] * C + c[None, :]  # out is (R, batch, 14, 14, C)
         keep = (rows < B * 196)[:, None] & (c < C)[None, :]
         tl.store(out_ptr + at, best, mask=keep)
         tl.store(win_ptr + at, won, mask=keep)
+        tl.store(slope_ptr + at, _slope(best_pre, ACT, GPU), mask=keep)  # only the winner's: a quarter of the work
 
     @batch_any_size
-    def _backward(x_ptr, w_ptr, b_ptr, win_ptr, grad_ptr, dw_ptr, db_ptr, B, C: tl.constexpr,
-                  CB: tl.constexpr, ACT: tl.constexpr, GPU: tl.constexpr, ROWS: tl.constexpr, SUB: tl.constexpr):
+    def _backward(x_ptr, win_ptr, slope_ptr, grad_ptr, dw_ptr, db_ptr, B, C: tl.constexpr, CB: tl.constexpr,
+                  ROWS: tl.constexpr, SUB: tl.constexpr):
         """Kernel and bias gradients of ROWS pooled positions, SUB at a time (fewer registers than one product
         over all ROWS, which spilled), summed into this program's slot of dw and db."""
         r, block = tl.program_id(0), tl.program_id(1)
-        w, bias = _weights(w_ptr, b_ptr, r, C, CB)
         c = tl.arange(0, CB)
         dw = tl.zeros((16, CB), tl.float32)
         db = tl.zeros((CB,), tl.float32)
@@ -151,12 +154,11 @@ if triton is not None:
             at = (r * B * 196 + rows)[:, None] * C + c[None, :]
             keep = (rows < B * 196)[:, None] & (c < C)[None, :]
             won = tl.load(win_ptr + at, mask=keep, other=-1)
-            grad = tl.load(grad_ptr + at, mask=keep, other=0.0)
+            g = tl.load(grad_ptr + at, mask=keep, other=0.0) * tl.load(slope_ptr + at, mask=keep, other=0.0)
             for s in tl.static_range(4):
-                pre, patches = _window(x_ptr, w, bias, r, rows, B * 196, s, B)
-                g = tl.where(won == s, grad * _slope(pre, ACT, GPU), 0.0)
-                dw += tl.dot(tl.trans(patches), g, input_precision="ieee")
-                db += tl.sum(g, 0)
+                patches = _patches(x_ptr, r, rows, B * 196, s, B)
+                dw += tl.dot(tl.trans(patches), tl.where(won == s, g, 0.0), input_precision="ieee")
+            db += tl.sum(g, 0)
         k = tl.arange(0, 16)
         blocks = tl.num_programs(1)
         tl.store(dw_ptr + ((r * blocks + block) * 16 + k[:, None]) * CB + c[None, :], dw)
@@ -195,8 +197,9 @@ if triton is not None:
         pre = acc + tl.load(b_ptr + r * CO + co, mask=co < CO, other=0.0)[None, :]
         act = tl.reshape(_activate(pre, ACT, GPU), (4, BM, NB))
         won = tl.argmax(act, 0, tie_break_left=True)  # ties keep the first, as max_pool2d
-        slope = tl.sum(tl.where(tl.arange(0, 4)[:, None, None] == won[None, :, :],
-                                tl.reshape(_slope(pre, ACT, GPU), (4, BM, NB)), 0.0), 0)
+        # the slope only at the winner: for GELU a quarter of the erf and exp work
+        slope = _slope(tl.sum(tl.where(tl.arange(0, 4)[:, None, None] == won[None, :, :],
+                                       tl.reshape(pre, (4, BM, NB)), 0.0), 0), ACT, GPU)
         rows = tl.program_id(1) * BM + tl.arange(0, BM)
         at = (r * n + rows)[:, None] * CO + co[None, :]  # out, won and slope are (R, B, PH, PW, C_out)
         keep = (rows < n)[:, None] & (co < CO)[None, :]
@@ -281,22 +284,23 @@ class FirstBlock(torch.autograd.Function):
         x, weight, bias = x.reshape(R, B, 784).contiguous(), weight.contiguous(), bias.contiguous()
         out = torch.empty(R, B, 14, 14, C, device=x.device, dtype=torch.float32)
         won = torch.empty(out.shape, device=x.device, dtype=torch.int8)
+        slope = torch.empty_like(out)
         grid = (R, triton.cdiv(B * 196, BLOCK))
-        _forward[grid](x, weight, bias, out, won, B, C, width(C), act, x.is_cuda, BLOCK, num_warps=WARPS)
-        ctx.save_for_backward(x, weight, bias, won)
-        ctx.act = act
+        _forward[grid](x, weight, bias, out, won, slope, B, C, width(C), act, x.is_cuda, BLOCK, num_warps=WARPS)
+        ctx.save_for_backward(x, won, slope)
+        ctx.weight_shape = weight.shape
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, None]:
-        x, weight, bias, won = ctx.saved_tensors
-        R, B, C = x.shape[0], x.shape[1], weight.shape[1]
+        x, won, slope = ctx.saved_tensors
+        R, B, C = x.shape[0], x.shape[1], ctx.weight_shape[1]
         CB, blocks = width(C), triton.cdiv(B * 196, BACKWARD_ROWS)
         dw = torch.empty(R, blocks, 16, CB, device=x.device)
         db = torch.empty(R, blocks, CB, device=x.device)
-        _backward[(R, blocks)](x, weight, bias, won, grad.contiguous(), dw, db, B, C, CB, ctx.act, x.is_cuda,
-                               BACKWARD_ROWS, BACKWARD_SUB, num_warps=WARPS)
-        dw = dw.sum(1)[:, :9, :C].transpose(1, 2).reshape(weight.shape)
+        _backward[(R, blocks)](x, won, slope, grad.contiguous(), dw, db, B, C, CB, BACKWARD_ROWS, BACKWARD_SUB,
+                               num_warps=WARPS)
+        dw = dw.sum(1)[:, :9, :C].transpose(1, 2).reshape(ctx.weight_shape)
         return None, dw, db.sum(1)[:, :C], None
 
 
