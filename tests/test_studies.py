@@ -1,6 +1,8 @@
 """scaling, corruption, transplant and linear end to end through real Ray Tune, on MNIST subsets."""
 
 import json
+import re
+import time
 from pathlib import Path
 
 import nbformat
@@ -59,9 +61,11 @@ def test_corruption_p1_is_chance_and_p0_learns(corruption_run):
     assert row["std"] == pytest.approx(runs.std(ddof=0)) and row["stderr"] == pytest.approx(runs.std(ddof=1) / 2 ** 0.5)
 
 
-def test_corruption_population_equals_separate_trials(corruption_run, results):
+def test_corruption_population_equals_separate_trials(corruption_run, results, capsys):
     """--population 4: each trial trains 4 (p, seed) runs stacked; every run matches its separate trial."""
+    started = time.time()
     together = run_study(results, "corruption", "--population", "4", name="pop")
+    assert re.search(r"^\[grid\] 2 trials in [\d.]+ s$", capsys.readouterr().out, re.M)
     stacked = read_table(together / "results_per_run.csv").set_index(["family", "activation", "p", "seed"])
     separate = read_table(corruption_run / "results_per_run.csv").set_index(["family", "activation", "p", "seed"])
     assert len(stacked) == len(separate) == 8 and (stacked["population"] == 4).all()
@@ -69,6 +73,10 @@ def test_corruption_population_equals_separate_trials(corruption_run, results):
         diff = (stacked[key] / separate.loc[stacked.index, key] - 1).abs()
         assert diff.max() < 5e-4, key  # float tolerance: batched and single matmuls round differently
     assert (read_table(together / "results_summary.csv")["repeats"] == 2).all()
+    # each trial's span, as benchmarks/campaign.py reads it, lies within the run
+    trials = stacked.groupby("trial_id").agg(end=("reported_at", "max"), seconds=("seconds", "max"))
+    assert len(trials) == 2 and (trials["seconds"] > 0).all()
+    assert (trials["end"] - trials["seconds"] > started).all() and (trials["end"] < time.time()).all()
 
 
 def test_scaling_population_of_seeds_equals_separate_trials(results, ray_session):
