@@ -11,8 +11,8 @@ activation's slope there) leave the kernel. Activations are kept as (R, batch, H
 member's channels contiguous, so that an inner block's conv is a sum over the nine taps of
 (positions x C_in) @ (C_in x C_out) products.
 
-- Every forward also saves the activation's slope at the winner, evaluated there only (a quarter of
-  GELU's erf and exp work), so no backward depends on the activation.
+- Every forward also saves the activation's slope at the winner, evaluated there only, so no backward
+  depends on the activation (on an H100, relu epochs 4% faster; tanh and GELU unchanged).
 - First block (one input channel, 28x28): the nine taps are one K=16 product. No input gradient, as
   it is the first layer.
 - Inner blocks: the backward has an input gradient (the same nine products with the kernel
@@ -199,7 +199,7 @@ if triton is not None:
         pre = acc + tl.load(b_ptr + r * CO + co, mask=co < CO, other=0.0)[None, :]
         act = tl.reshape(_activate(pre, ACT, GPU), (4, BM, NB))
         won = tl.argmax(act, 0, tie_break_left=True)  # ties keep the first, as max_pool2d
-        # the slope only at the winner: for GELU a quarter of the erf and exp work
+        # the slope at the winner only
         slope = _slope(tl.sum(tl.where(tl.arange(0, 4)[:, None, None] == won[None, :, :],
                                        tl.reshape(pre, (4, BM, NB)), 0.0), 0), ACT, GPU)
         rows = tl.program_id(1) * BM + tl.arange(0, BM)
