@@ -10,8 +10,8 @@ results_per_run.csv) times 40/R. The first trial's CUDA start in its worker (a f
 40/R times: the figure errs high.
 
 Triton compiles each kernel once per machine (its cache is on disk), seconds apiece: 15 for the CNN's
-three activations (the corruption kernel, the backwards, and per activation each block's forward). So each family first runs a one-epoch,
-one-repeat warm-up of the same command, counted once.
+three activations (the corruption kernel, the backwards, and per activation each block's forward). So
+each family first runs a one-epoch, one-repeat warm-up of the same command, counted once.
 
     python benchmarks/campaign.py --repeats 4 --population 40
 """
