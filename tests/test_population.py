@@ -64,7 +64,9 @@ from tune_mnist import conv_pool, models
 from tune_mnist import population as pop
 calls, blocks = [], conv_pool.blocks
 conv_pool.blocks = lambda *args: calls.append(1) or blocks(*args)
-for act, channels in [("relu", [8, 16]), ("leaky_relu", [8, 16, 24]), ("tanh", [8, 16]), ("gelu", [4, 16, 16])]:
+# 64 -> 72 runs the kernels for wide blocks (conv_pool.QUAD_TILE, NINE_TAPS_TILE)
+for act, channels in [("relu", [8, 16]), ("leaky_relu", [8, 16, 24]), ("tanh", [8, 16]), ("gelu", [4, 16, 16]),
+                      ("relu", [4, 64, 72])]:
     spec = {"family": "cnn", "channels": channels, "hidden": 32, "activation": act}
     p = pop.Population(spec, [0, 1, 2], "cpu")
     assert p.fused_blocks == len(channels), act

@@ -16,8 +16,10 @@ member's channels contiguous, so that an inner block's conv is a sum over the ni
 - First block (one input channel, 28x28): the nine taps are one K=16 product. No input gradient, as
   it is the first layer.
 - Inner blocks: the backward has an input gradient (the same nine products with the kernel
-  transposed, reading the pooled gradient where that position won) and a kernel gradient (one
-  program per member, row of three taps and block of positions).
+  transposed, reading the pooled gradient where that position won), for narrow blocks by 2x2 quads of
+  input positions, which share the loads of the nine pooled positions around them; and a kernel
+  gradient (one program per member, block of positions and all nine taps, or a row of three taps for
+  wide blocks), which loads each input position a window's taps reach once.
 Kernel gradients are summed per block into buffers that torch reduces (deterministic, no atomics).
 """
 
@@ -45,6 +47,12 @@ BACKWARD_ROWS, BACKWARD_SUB = 512, 32
 # at 40 members against 0.53 with 4 warps and 32 positions); an input-gradient program 4096 (position,
 # input channel) pairs; a kernel-gradient program 256 pooled positions, 16 at a time.
 INNER_PAIRS_PER_WARP, INNER_TILE, INNER_ROWS, INNER_SUB = 1024, 4096, 256, 16
+# Input gradients by 2x2 quads of positions while a block's (C_in, C_out) tile is at most QUAD_TILE (32 x 64
+# at 40 members: 0.37 ms against 0.65 by position; 32 x 128: 0.47 vs 0.81); past it the quad kernel ran
+# 30x slower (64 x 128) and the per-position kernel takes over. Kernel gradients of all nine taps a program
+# up to NINE_TAPS_TILE (32 x 64: 0.63 ms against 1.02 with a row of taps a program), past it a row of taps,
+# as nine (C_in, C_out) sums no longer fit.
+QUAD_TILE, NINE_TAPS_TILE = 4096, 2048
 
 
 def fusable(conv: nn.Module, act: nn.Module, pool: nn.Module, device: torch.device) -> bool:
@@ -209,9 +217,16 @@ if triton is not None:
         tl.store(won_ptr + at, won.to(tl.int8), mask=keep)
         tl.store(slope_ptr + at, slope, mask=keep)
 
+    @triton.jit
+    def _tap_transposed(w_ptr, r, k, CI: tl.constexpr, CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr):
+        """(C_out, C_in): tap k of member r's kernel, transposed."""
+        ci, co = tl.arange(0, KB), tl.arange(0, NB)
+        return tl.load(w_ptr + ((r * 9 + k) * CI + ci[None, :]) * CO + co[:, None],
+                       mask=(ci < CI)[None, :] & (co < CO)[:, None], other=0.0)
+
     @batch_any_size
-    def _inner_input_grad(g_ptr, won_ptr, w_ptr, dx_ptr, B, H, W, CI: tl.constexpr, CO: tl.constexpr,
-                          KB: tl.constexpr, NB: tl.constexpr, BM: tl.constexpr):
+    def _input_grad_by_position(g_ptr, won_ptr, w_ptr, dx_ptr, B, H, W, CI: tl.constexpr, CO: tl.constexpr,
+                                KB: tl.constexpr, NB: tl.constexpr, BM: tl.constexpr):
         """BM input positions of member r: for each tap, the conv output it fed, and the pre-activation
         gradient g there (g if that position won its pool window, else 0) @ the tap's kernel transposed."""
         r = tl.program_id(0)
@@ -228,30 +243,92 @@ if triton is not None:
             won = tl.load(won_ptr + at, mask=keep, other=-1)
             g = tl.load(g_ptr + at, mask=keep, other=0.0)
             g = tl.where(won == (oy % 2 * 2 + ox % 2)[:, None], g, 0.0)
-            w = tl.load(w_ptr + ((r * 9 + k) * CI + ci[None, :]) * CO + co[:, None],
-                        mask=(ci < CI)[None, :] & (co < CO)[:, None], other=0.0)
-            acc += tl.dot(g, w)
+            acc += tl.dot(g, _tap_transposed(w_ptr, r, k, CI, CO, KB, NB))
         tl.store(dx_ptr + (r * B * H * W + rows)[:, None] * CI + ci[None, :], acc,
                  mask=(rows < B * H * W)[:, None] & (ci < CI)[None, :])
 
     @triton.jit
-    def _tap_grad(x_ptr, sr, sb, sy, sx, sc, r, image, y, x, valid, g, H, W, CI: tl.constexpr, KB: tl.constexpr):
-        return tl.dot(tl.trans(_inner_tap(x_ptr, sr, sb, sy, sx, sc, r, image, y, x, valid, H, W, CI, KB)), g)
+    def _store_quad(dx_ptr, acc, q: tl.constexpr, r, image, qy, qx, valid, B, H, W, CI: tl.constexpr,
+                    KB: tl.constexpr):
+        y, x = 2 * qy + q // 2, 2 * qx + q % 2
+        ci = tl.arange(0, KB)
+        at = ((r * B + image) * H * W + y * W + x)[:, None] * CI + ci[None, :]
+        tl.store(dx_ptr + at, acc, mask=(valid & (y < H) & (x < W))[:, None] & (ci < CI)[None, :])
+
+    @batch_any_size
+    def _input_grad_by_quad(g_ptr, won_ptr, w_ptr, dx_ptr, B, H, W, CI: tl.constexpr, CO: tl.constexpr,
+                            KB: tl.constexpr, NB: tl.constexpr, BM: tl.constexpr):
+        """As _input_grad_by_position, for BM 2x2 quads of input positions of member r at once: the nine
+        taps of a quad's four positions reach only the nine pooled positions around it, so g and the
+        winners are loaded once per pooled neighbour rather than once per tap and position."""
+        r = tl.program_id(0)
+        PH, PW = H // 2, W // 2
+        QH, QW = (H + 1) // 2, (W + 1) // 2
+        quads = tl.program_id(1) * BM + tl.arange(0, BM)
+        image, qy, qx = quads // (QH * QW), quads % (QH * QW) // QW, quads % QW
+        valid = quads < B * QH * QW
+        co = tl.arange(0, NB)
+        acc0 = tl.zeros((BM, KB), tl.float32)  # one per position (a, b) of the quad, 2 a + b
+        acc1 = tl.zeros((BM, KB), tl.float32)
+        acc2 = tl.zeros((BM, KB), tl.float32)
+        acc3 = tl.zeros((BM, KB), tl.float32)
+        for dy in tl.static_range(3):
+            for dx in tl.static_range(3):
+                py, px = qy + dy - 1, qx + dx - 1
+                fed = valid & (py >= 0) & (py < PH) & (px >= 0) & (px < PW)
+                at = ((r * B + image) * PH * PW + py * PW + px)[:, None] * CO + co[None, :]
+                keep = fed[:, None] & (co < CO)[None, :]
+                won = tl.load(won_ptr + at, mask=keep, other=-1)
+                g = tl.load(g_ptr + at, mask=keep, other=0.0)
+                # input row 2 qy + a feeds conv row 2 qy + a - ky + 1: pooled row qy + dy - 1 when
+                # (a - ky + 3) // 2 == dy, at window row (a - ky + 1) % 2; columns alike
+                for a in tl.static_range(2):
+                    for ky in tl.static_range(3):
+                        if (a - ky + 3) // 2 == dy:
+                            for b in tl.static_range(2):
+                                for kx in tl.static_range(3):
+                                    if (b - kx + 3) // 2 == dx:
+                                        s = (a - ky + 3) % 2 * 2 + (b - kx + 3) % 2
+                                        d = tl.dot(tl.where(won == s, g, 0.0),
+                                                   _tap_transposed(w_ptr, r, ky * 3 + kx, CI, CO, KB, NB))
+                                        if a * 2 + b == 0:
+                                            acc0 += d
+                                        elif a * 2 + b == 1:
+                                            acc1 += d
+                                        elif a * 2 + b == 2:
+                                            acc2 += d
+                                        else:
+                                            acc3 += d
+        _store_quad(dx_ptr, acc0, 0, r, image, qy, qx, valid, B, H, W, CI, KB)
+        _store_quad(dx_ptr, acc1, 1, r, image, qy, qx, valid, B, H, W, CI, KB)
+        _store_quad(dx_ptr, acc2, 2, r, image, qy, qx, valid, B, H, W, CI, KB)
+        _store_quad(dx_ptr, acc3, 3, r, image, qy, qx, valid, B, H, W, CI, KB)
+
+    @triton.jit
+    def _winners(g, won, s: tl.constexpr):
+        return tl.where(won == s, g, 0.0)
 
     @batch_any_size
     def _inner_kernel_grad(x_ptr, sr, sb, sy, sx, sc, g_ptr, won_ptr, dw_ptr, B, H, W, CI: tl.constexpr,
-                           CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr, ROWS: tl.constexpr,
-                           SUB: tl.constexpr):
-        """The (C_in, C_out) kernel gradients of one row of taps (ky; kx = 0, 1, 2) from ROWS pooled positions
-        of member r, SUB at a time: per window position s, (C_in, SUB) @ (SUB, C_out) with g where s won.
-        The three taps share the loads of g and of the winners (1.6-1.8x one tap a program on an H100)."""
-        r, ky, block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+                           CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr, KY: tl.constexpr,
+                           ROWS: tl.constexpr, SUB: tl.constexpr):
+        """The (C_in, C_out) kernel gradients of KY rows of taps (all three, or row program_id(1)) from ROWS
+        pooled positions of member r, SUB at a time. Each input position that the taps reach from a window
+        is loaded once and multiplied, for every (window position s, tap) that joins them, by g where s won:
+        (C_in, SUB) @ (SUB, C_out) into that tap's sum."""
+        r, ky0, block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         PH, PW = H // 2, W // 2
         n = B * PH * PW
         co = tl.arange(0, NB)
-        dw0 = tl.zeros((KB, NB), tl.float32)
+        dw0 = tl.zeros((KB, NB), tl.float32)  # tap (ky0 + t // 3, t % 3) in dw<t>
         dw1 = tl.zeros((KB, NB), tl.float32)
         dw2 = tl.zeros((KB, NB), tl.float32)
+        dw3 = tl.zeros((KB, NB), tl.float32)
+        dw4 = tl.zeros((KB, NB), tl.float32)
+        dw5 = tl.zeros((KB, NB), tl.float32)
+        dw6 = tl.zeros((KB, NB), tl.float32)
+        dw7 = tl.zeros((KB, NB), tl.float32)
+        dw8 = tl.zeros((KB, NB), tl.float32)
         for start in range(0, ROWS, SUB):
             rows = block * ROWS + start + tl.arange(0, SUB)
             image, py, px = rows // (PH * PW), rows % (PH * PW) // PW, rows % PW
@@ -259,17 +336,44 @@ if triton is not None:
             keep = (rows < n)[:, None] & (co < CO)[None, :]
             won = tl.load(won_ptr + at, mask=keep, other=-1)
             g = tl.load(g_ptr + at, mask=keep, other=0.0)
-            for s in tl.static_range(4):
-                gs = tl.where(won == s, g, 0.0)
-                y, x = 2 * py + s // 2 + ky - 1, 2 * px + s % 2 - 1
-                dw0 += _tap_grad(x_ptr, sr, sb, sy, sx, sc, r, image, y, x, rows < n, gs, H, W, CI, KB)
-                dw1 += _tap_grad(x_ptr, sr, sb, sy, sx, sc, r, image, y, x + 1, rows < n, gs, H, W, CI, KB)
-                dw2 += _tap_grad(x_ptr, sr, sb, sy, sx, sc, r, image, y, x + 2, rows < n, gs, H, W, CI, KB)
-        at = dw_ptr + ((r * tl.num_programs(2) + block) * 9 + ky * 3) * KB * NB
+            for dy in tl.static_range(KY + 1):
+                for dx in tl.static_range(4):
+                    xt = tl.trans(_inner_tap(x_ptr, sr, sb, sy, sx, sc, r, image, 2 * py + ky0 + dy - 1,
+                                             2 * px + dx - 1, rows < n, H, W, CI, KB))
+                    for s in tl.static_range(4):
+                        if dy - s // 2 >= 0 and dy - s // 2 < KY and dx - s % 2 >= 0 and dx - s % 2 < 3:
+                            t = (dy - s // 2) * 3 + dx - s % 2
+                            gs = _winners(g, won, s)
+                            if t == 0:
+                                dw0 = tl.dot(xt, gs, dw0)
+                            elif t == 1:
+                                dw1 = tl.dot(xt, gs, dw1)
+                            elif t == 2:
+                                dw2 = tl.dot(xt, gs, dw2)
+                            elif t == 3:
+                                dw3 = tl.dot(xt, gs, dw3)
+                            elif t == 4:
+                                dw4 = tl.dot(xt, gs, dw4)
+                            elif t == 5:
+                                dw5 = tl.dot(xt, gs, dw5)
+                            elif t == 6:
+                                dw6 = tl.dot(xt, gs, dw6)
+                            elif t == 7:
+                                dw7 = tl.dot(xt, gs, dw7)
+                            else:
+                                dw8 = tl.dot(xt, gs, dw8)
+        at = dw_ptr + ((r * tl.num_programs(2) + block) * 9 + ky0 * 3) * KB * NB
         at += tl.arange(0, KB)[:, None] * NB + co[None, :]
         tl.store(at, dw0)
         tl.store(at + KB * NB, dw1)
         tl.store(at + 2 * KB * NB, dw2)
+        if KY == 3:
+            tl.store(at + 3 * KB * NB, dw3)
+            tl.store(at + 4 * KB * NB, dw4)
+            tl.store(at + 5 * KB * NB, dw5)
+            tl.store(at + 6 * KB * NB, dw6)
+            tl.store(at + 7 * KB * NB, dw7)
+            tl.store(at + 8 * KB * NB, dw8)
 
 
 def width(channels: int) -> int:
@@ -336,13 +440,20 @@ class InnerBlock(torch.autograd.Function):
         CO, KB, NB = taps.shape[-1], width(CI), width(taps.shape[-1])
         g = (grad * slope).contiguous()  # pre-activation gradient at each window's winner; 0 elsewhere
         dx = torch.empty(R, B, H, W, CI, device=x.device, dtype=torch.float32)
-        BM = max(16, min(128, INNER_TILE // KB))
-        _inner_input_grad[(R, triton.cdiv(B * H * W, BM))](g, won, taps, dx, B, H, W, CI, CO, KB, NB, BM,
-                                                            num_warps=WARPS)
+        if KB * NB <= QUAD_TILE:
+            warps = max(4, KB * NB // 512)
+            BM = 16 * warps
+            _input_grad_by_quad[(R, triton.cdiv(B * ((H + 1) // 2) * ((W + 1) // 2), BM))](
+                g, won, taps, dx, B, H, W, CI, CO, KB, NB, BM, num_warps=warps)
+        else:
+            BM = max(16, min(128, INNER_TILE // KB))
+            _input_grad_by_position[(R, triton.cdiv(B * H * W, BM))](g, won, taps, dx, B, H, W, CI, CO, KB, NB, BM,
+                                                                      num_warps=WARPS)
+        rows_of_taps = 3 if KB * NB <= NINE_TAPS_TILE else 1
         blocks = triton.cdiv(g[0].numel() // CO, INNER_ROWS)
         dw = torch.empty(R, blocks, 9, KB, NB, device=x.device)
-        _inner_kernel_grad[(R, 3, blocks)](x, *x.stride(), g, won, dw, B, H, W, CI, CO, KB, NB, INNER_ROWS,
-                                           INNER_SUB, num_warps=WARPS)
+        _inner_kernel_grad[(R, 3 // rows_of_taps, blocks)](x, *x.stride(), g, won, dw, B, H, W, CI, CO, KB, NB,
+                                                           rows_of_taps, INNER_ROWS, INNER_SUB, num_warps=WARPS)
         dw = dw.sum(1)[..., :CI, :CO].permute(0, 3, 2, 1).reshape(ctx.weight_shape)
         return dx, dw, g.sum((1, 2, 3)), None
 
