@@ -5,14 +5,15 @@ Unfused, a block writes and rereads its full-size activations through a grouped 
 activation, the pool and their backwards: 800 MB a step for the first block of 64 members of 32
 channels at batch 128; on an H100 the 32-64 CNN's forward + backward for 64 members took 16.6 ms
 unfused, 5.3 ms with these kernels. Here a program computes, for one member and a block of pooled
-positions, the conv at the four positions of every pool window, applies the activation and keeps the
-maximum; only the pooled output, the window position that won (and, for inner blocks, the
-activation's slope there) leave the kernel. Activations are kept as (R, batch, H, W, C), each
+positions, the conv at the four positions of every pool window, and the activation of the window's
+largest pre-activation (ReLU, leaky ReLU, tanh rise with it; GELU, which falls then rises, is evaluated
+at the largest and the smallest); only the pooled output, the window position that won and the
+activation's slope there leave the kernel. Activations are kept as (R, batch, H, W, C), each
 member's channels contiguous, so that an inner block's conv is a sum over the nine taps of
 (positions x C_in) @ (C_in x C_out) products.
 
-- Every forward also saves the activation's slope at the winner, evaluated there only, so no backward
-  depends on the activation (on an H100, relu epochs 4% faster; tanh and GELU unchanged).
+- Every forward also saves the activation's slope at the winner, so no backward depends on the
+  activation (on an H100, relu epochs 4% faster; tanh and GELU unchanged).
 - First block (one input channel, 28x28): the nine taps are one K=16 product. No input gradient, as
   it is the first layer.
 - Inner blocks: the backward has an input gradient (the same nine products with the kernel
@@ -71,7 +72,7 @@ if triton is not None:
 
     @triton.jit
     def _tanh(p, GPU: tl.constexpr):
-        """CUDA's tanhf and expf on a GPU, as torch uses, so the pool's ties fall as in the unfused layers;
+        """CUDA's tanhf and expf on a GPU, as torch uses, so the values equal the unfused layers';
         formulas under the interpreter, which has no libdevice."""
         if GPU:
             return libdevice.tanh(p)
@@ -110,6 +111,22 @@ if triton is not None:
             return 0.5 * (1.0 + tl.erf(p * 0.7071067811865476)) + p * _exp(-0.5 * p * p, GPU) * 0.3989422804014327
 
     @triton.jit
+    def _pool(hi, hi_s, lo, lo_s, ACT: tl.constexpr, GPU: tl.constexpr):
+        """A pool window's max of the activation, the window position that holds it and the activation's slope
+        there, from the window's largest pre-activation hi (first at position hi_s) and smallest lo (at lo_s).
+        The activations here rise with the pre-activation, so their max is at hi, except GELU's, which falls
+        then rises, so its max is at hi or lo: one or two evaluations a window rather than four (GELU's
+        forward took twice ReLU's when evaluated at all four). Where two pre-activations give the same
+        activation (a saturated tanh) the larger wins rather than the first, which max_pool2d would pick:
+        the slope there is zero or nearly, so the gradients barely differ."""
+        best, won, pre = _activate(hi, ACT, GPU), hi_s, hi
+        if ACT == 4:
+            at_lo = _activate(lo, ACT, GPU)
+            take = (at_lo > best) | ((at_lo == best) & (lo_s < hi_s))  # ties keep the first, as max_pool2d
+            best, won, pre = tl.where(take, at_lo, best), tl.where(take, lo_s, hi_s), tl.where(take, lo, hi)
+        return best, won, _slope(pre, ACT, GPU)
+
+    @triton.jit
     def _patches(x_ptr, r, rows, n_rows, s: tl.constexpr, B):
         """The 3x3 input patches (BLOCK, 16) of window position s of the pooled positions rows
         (image * 196 + py * 14 + px) of member r."""
@@ -134,21 +151,21 @@ if triton is not None:
         r = tl.program_id(0)
         rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         w, bias = _weights(w_ptr, b_ptr, r, C, CB)
-        best = tl.full((BLOCK, CB), float("-inf"), tl.float32)
-        best_pre = tl.zeros((BLOCK, CB), tl.float32)
-        won = tl.zeros((BLOCK, CB), tl.int8)
+        hi = tl.full((BLOCK, CB), float("-inf"), tl.float32)
+        lo = tl.full((BLOCK, CB), float("inf"), tl.float32)
+        hi_s = tl.zeros((BLOCK, CB), tl.int32)
+        lo_s = tl.zeros((BLOCK, CB), tl.int32)
         for s in tl.static_range(4):   # the pool window in max_pool2d's scan order; ties keep the first
             pre = tl.dot(_patches(x_ptr, r, rows, B * 196, s, B), w, input_precision="ieee") + bias[None, :]
-            a = _activate(pre, ACT, GPU)
-            won = tl.where(a > best, s, won).to(tl.int8)
-            best_pre = tl.where(a > best, pre, best_pre)
-            best = tl.maximum(best, a)
+            hi_s, lo_s = tl.where(pre > hi, s, hi_s), tl.where(pre < lo, s, lo_s)
+            hi, lo = tl.maximum(hi, pre), tl.minimum(lo, pre)
+        best, won, slope = _pool(hi, hi_s, lo, lo_s, ACT, GPU)
         c = tl.arange(0, CB)
         at = (r * B * 196 + rows)[:, None] * C + c[None, :]  # out is (R, batch, 14, 14, C)
         keep = (rows < B * 196)[:, None] & (c < C)[None, :]
         tl.store(out_ptr + at, best, mask=keep)
-        tl.store(win_ptr + at, won, mask=keep)
-        tl.store(slope_ptr + at, _slope(best_pre, ACT, GPU), mask=keep)  # only the winner's: a quarter of the work
+        tl.store(win_ptr + at, won.to(tl.int8), mask=keep)
+        tl.store(slope_ptr + at, slope, mask=keep)
 
     @batch_any_size
     def _backward(x_ptr, win_ptr, slope_ptr, grad_ptr, dw_ptr, db_ptr, B, C: tl.constexpr, CB: tl.constexpr,
@@ -204,16 +221,13 @@ if triton is not None:
             w = tl.load(w_ptr + ((r * 9 + k) * CI + ci[:, None]) * CO + co[None, :],
                         mask=(ci < CI)[:, None] & (co < CO)[None, :], other=0.0)
             acc += tl.dot(a, w)
-        pre = acc + tl.load(b_ptr + r * CO + co, mask=co < CO, other=0.0)[None, :]
-        act = tl.reshape(_activate(pre, ACT, GPU), (4, BM, NB))
-        won = tl.argmax(act, 0, tie_break_left=True)  # ties keep the first, as max_pool2d
-        # the slope at the winner only
-        slope = _slope(tl.sum(tl.where(tl.arange(0, 4)[:, None, None] == won[None, :, :],
-                                       tl.reshape(pre, (4, BM, NB)), 0.0), 0), ACT, GPU)
+        pre = tl.reshape(acc + tl.load(b_ptr + r * CO + co, mask=co < CO, other=0.0)[None, :], (4, BM, NB))
+        best, won, slope = _pool(tl.max(pre, 0), tl.argmax(pre, 0, tie_break_left=True), tl.min(pre, 0),
+                                 tl.argmin(pre, 0, tie_break_left=True), ACT, GPU)
         rows = tl.program_id(1) * BM + tl.arange(0, BM)
         at = (r * n + rows)[:, None] * CO + co[None, :]  # out, won and slope are (R, B, PH, PW, C_out)
         keep = (rows < n)[:, None] & (co < CO)[None, :]
-        tl.store(out_ptr + at, tl.max(act, 0), mask=keep)
+        tl.store(out_ptr + at, best, mask=keep)
         tl.store(won_ptr + at, won.to(tl.int8), mask=keep)
         tl.store(slope_ptr + at, slope, mask=keep)
 
