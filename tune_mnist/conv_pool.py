@@ -39,18 +39,21 @@ if triton is not None:
 # Sigmoid is left unfused: its kernel gradients differed from torch's by 3e-3 (torch's sigmoid is not
 # 1 / (1 + expf(-x)) bit for bit, so the pool's ties fell differently).
 ACTIVATIONS = {nn.ReLU: 0, nn.LeakyReLU: 1, nn.Tanh: 2, nn.GELU: 4}
-# First block: pooled positions per forward program (fewer for tanh and GELU, whose temporaries spill:
-# GELU's forward for 40 members took 1.19 ms with 128 on an H100, 0.50 with 64), and warps per program.
+# First block: pooled positions per forward program (fewer for tanh and GELU, whose temporaries spill: on
+# an H100, for 40 members, GELU's forward takes 0.47 ms with 64, 0.76 with 128; tanh 0.40 and 0.78), and
+# warps per program.
 BLOCK, SPILLING_BLOCK, WARPS = 128, 64, 4
 BACKWARD_ROWS, BACKWARD_SUB = 512, 32
 # Inner blocks, from sweeps on an H100: a forward program takes 64 pooled positions (fewer for wide
 # blocks) with a warp per 1024 (position, output channel) pairs (for 64 -> 128 channels, 8 warps: 0.43 ms
-# at 40 members against 0.53 with 4 warps and 32 positions); an input-gradient program 4096 (position,
-# input channel) pairs; a kernel-gradient program 256 pooled positions, 16 at a time.
+# at 40 members against 0.53 with 4 warps and 32 positions; fewer positions were slower still, for GELU
+# too); an input-gradient program by position 4096 (position, input channel) pairs; a kernel-gradient
+# program 256 pooled positions, 16 at a time.
 INNER_PAIRS_PER_WARP, INNER_TILE, INNER_ROWS, INNER_SUB = 1024, 4096, 256, 16
-# Input gradients by 2x2 quads of positions while a block's (C_in, C_out) tile is at most QUAD_TILE (32 x 64
-# at 40 members: 0.37 ms against 0.65 by position; 32 x 128: 0.47 vs 0.81); past it the quad kernel ran
-# 30x slower (64 x 128) and the per-position kernel takes over. Kernel gradients of all nine taps a program
+# Input gradients by 2x2 quads of positions while a block's (C_in, C_out) tile is at most QUAD_TILE, with a
+# warp per 512 pairs of the tile and 16 quads a warp (32 x 64 at 40 members: 0.37 ms against 0.65 by
+# position; 32 x 128: 0.47 vs 0.81); past it the quad kernel ran 30x slower (64 x 128) and the per-position
+# kernel takes over. Kernel gradients of all nine taps a program
 # up to NINE_TAPS_TILE (32 x 64: 0.63 ms against 1.02 with a row of taps a program), past it a row of taps,
 # as nine (C_in, C_out) sums no longer fit.
 QUAD_TILE, NINE_TAPS_TILE = 4096, 2048
