@@ -53,9 +53,8 @@ INNER_PAIRS_PER_WARP, INNER_TILE, INNER_ROWS, INNER_SUB = 1024, 4096, 256, 16
 # Input gradients by 2x2 quads of positions while a block's (C_in, C_out) tile is at most QUAD_TILE, with a
 # warp per 512 pairs of the tile and 16 quads a warp (32 x 64 at 40 members: 0.37 ms against 0.65 by
 # position; 32 x 128: 0.47 vs 0.81); past it the quad kernel ran 30x slower (64 x 128) and the per-position
-# kernel takes over. Kernel gradients of all nine taps a program
-# up to NINE_TAPS_TILE (32 x 64: 0.63 ms against 1.02 with a row of taps a program), past it a row of taps,
-# as nine (C_in, C_out) sums no longer fit.
+# kernel takes over. Kernel gradients of all nine taps a program up to NINE_TAPS_TILE (32 x 64: 0.63 ms
+# against 1.02 with a row of taps a program), past it a row of taps, as nine (C_in, C_out) sums no longer fit.
 QUAD_TILE, NINE_TAPS_TILE = 4096, 2048
 
 
@@ -321,10 +320,6 @@ if triton is not None:
         _store_quad(dx_ptr, acc2, 2, r, image, qy, qx, valid, B, H, W, CI, KB)
         _store_quad(dx_ptr, acc3, 3, r, image, qy, qx, valid, B, H, W, CI, KB)
 
-    @triton.jit
-    def _winners(g, won, s: tl.constexpr):
-        return tl.where(won == s, g, 0.0)
-
     @batch_any_size
     def _inner_kernel_grad(x_ptr, sr, sb, sy, sx, sc, g_ptr, won_ptr, dw_ptr, B, H, W, CI: tl.constexpr,
                            CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr, KY: tl.constexpr,
@@ -360,7 +355,7 @@ if triton is not None:
                     for s in tl.static_range(4):
                         if dy - s // 2 >= 0 and dy - s // 2 < KY and dx - s % 2 >= 0 and dx - s % 2 < 3:
                             t = (dy - s // 2) * 3 + dx - s % 2
-                            gs = _winners(g, won, s)
+                            gs = tl.where(won == s, g, 0.0)
                             if t == 0:
                                 dw0 = tl.dot(xt, gs, dw0)
                             elif t == 1:
