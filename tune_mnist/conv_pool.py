@@ -36,8 +36,9 @@ from tune_mnist.kernels import available, tl, triton
 if triton is not None:
     from triton.language.extra import libdevice
 
-# Sigmoid is left unfused: its kernel gradients differed from torch's by 3e-3 (torch's sigmoid is not
-# 1 / (1 + expf(-x)) bit for bit, so the pool's ties fell differently).
+# Sigmoid is left unfused: its kernel gradients differed from torch's by 3e-3 when the pool compared
+# activation values (torch's sigmoid is not 1 / (1 + expf(-x)) bit for bit, so ties fell differently); not
+# tried again since the pool compares pre-activations (_pool).
 ACTIVATIONS = {nn.ReLU: 0, nn.LeakyReLU: 1, nn.Tanh: 2, nn.GELU: 4}
 # First block: pooled positions per forward program (fewer for tanh and GELU, whose temporaries spill: on
 # an H100, for 40 members, GELU's forward takes 0.47 ms with 64, 0.76 with 128; tanh 0.40 and 0.78), and
