@@ -66,7 +66,7 @@ calls, blocks = [], conv_pool.blocks
 conv_pool.blocks = lambda *args: calls.append(1) or blocks(*args)
 # 64 -> 72 runs the kernels for wide blocks (conv_pool.QUAD_TILE, NINE_TAPS_TILE)
 for act, channels in [("relu", [8, 16]), ("leaky_relu", [8, 16, 24]), ("tanh", [8, 16]), ("gelu", [4, 16, 16]),
-                      ("relu", [4, 64, 72])]:
+                      ("sigmoid", [8, 16]), ("relu", [4, 64, 72])]:
     spec = {"family": "cnn", "channels": channels, "hidden": 32, "activation": act}
     p = pop.Population(spec, [0, 1, 2], "cpu")
     assert p.fused_blocks == len(channels), act
@@ -90,8 +90,7 @@ for act, channels in [("relu", [8, 16]), ("leaky_relu", [8, 16, 24]), ("tanh", [
     assert torch.allclose(fused_shared, p(x[0], shared=True), rtol=1e-5, atol=1e-6), act
     for a, b in zip(fused_grads, plain_grads):
         assert (a - b).abs().max() <= 1e-5 * b.abs().max(), act
-sigmoid = {"family": "cnn", "channels": [8], "hidden": 0, "activation": "sigmoid"}
-assert not pop.Population(sigmoid, [0], "cpu").fused_blocks
+assert not conv_pool.fusable(nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), torch.device("cpu"))
 """
 
 

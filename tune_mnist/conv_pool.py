@@ -6,10 +6,10 @@ activation, the pool and their backwards: 800 MB a step for the first block of 6
 channels at batch 128; on an H100 the 32-64 CNN's forward + backward for 64 members took 16.6 ms
 unfused, 5.3 ms with these kernels. Here a program computes, for one member and a block of pooled
 positions, the conv at the four positions of every pool window, and the activation of the window's
-largest pre-activation (ReLU, leaky ReLU, tanh rise with it; GELU, which falls then rises, is evaluated
-at the largest and the smallest); only the pooled output, the window position that won and the
-activation's slope there leave the kernel. Activations are kept as (R, batch, H, W, C), each
-member's channels contiguous, so that an inner block's conv is a sum over the nine taps of
+largest pre-activation (ReLU, leaky ReLU, tanh and sigmoid rise with it; GELU, which falls then
+rises, is evaluated at the largest and the smallest); only the pooled output, the window position that
+won and the activation's slope there leave the kernel. Activations are kept as (R, batch, H, W, C),
+each member's channels contiguous, so that an inner block's conv is a sum over the nine taps of
 (positions x C_in) @ (C_in x C_out) products.
 
 - Every forward also saves the activation's slope at the winner, so no backward depends on the
@@ -36,10 +36,10 @@ from tune_mnist.kernels import available, tl, triton
 if triton is not None:
     from triton.language.extra import libdevice
 
-# Sigmoid is left unfused: its kernel gradients differed from torch's by 3e-3 when the pool compared
-# activation values (torch's sigmoid is not 1 / (1 + expf(-x)) bit for bit, so ties fell differently); not
-# tried again since the pool compares pre-activations (_pool).
-ACTIVATIONS = {nn.ReLU: 0, nn.LeakyReLU: 1, nn.Tanh: 2, nn.GELU: 4}
+# Sigmoid's kernel gradients once differed from torch's by 3e-3, when the pool compared activation values:
+# torch's sigmoid is not 1 / (1 + expf(-x)) bit for bit, so ties fell differently. The pool now compares
+# pre-activations (_pool), and sigmoid is fused too.
+ACTIVATIONS = {nn.ReLU: 0, nn.LeakyReLU: 1, nn.Tanh: 2, nn.Sigmoid: 3, nn.GELU: 4}
 # First block: pooled positions per forward program (fewer for tanh and GELU, whose temporaries spill: on
 # an H100, for 40 members, GELU's forward takes 0.47 ms with 64, 0.76 with 128; tanh 0.40 and 0.78), and
 # warps per program.
@@ -97,6 +97,8 @@ if triton is not None:
             return tl.where(p > 0, p, 0.1 * p)
         elif ACT == 2:
             return _tanh(p, GPU)
+        elif ACT == 3:
+            return 1.0 / (1.0 + _exp(-p, GPU))
         else:
             return 0.5 * p * (1.0 + tl.erf(p * 0.7071067811865476))
 
@@ -110,6 +112,9 @@ if triton is not None:
         elif ACT == 2:
             t = _tanh(p, GPU)
             return 1.0 - t * t
+        elif ACT == 3:
+            t = 1.0 / (1.0 + _exp(-p, GPU))
+            return t * (1.0 - t)
         else:
             return 0.5 * (1.0 + tl.erf(p * 0.7071067811865476)) + p * _exp(-0.5 * p * p, GPU) * 0.3989422804014327
 
@@ -120,7 +125,7 @@ if triton is not None:
         The activations here rise with the pre-activation, so their max is at hi, except GELU's, which falls
         then rises, so its max is at hi or lo: one or two evaluations a window rather than four (GELU's
         forward took twice ReLU's when evaluated at all four). Where two pre-activations give the same
-        activation (a saturated tanh) the larger wins rather than the first, which max_pool2d would pick:
+        activation (a saturated tanh or sigmoid) the larger wins rather than the first, which max_pool2d would pick:
         the slope there is zero or nearly, so the gradients barely differ."""
         best, won, pre = _activate(hi, ACT, GPU), hi_s, hi
         if ACT == 4:
