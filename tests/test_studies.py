@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
@@ -170,3 +171,21 @@ def test_study_bad_input(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and "\n" not in err
     assert not (tmp_path / "results").exists()
+
+
+def test_member_tensorboard_runs_skip_metrics_missing_at_an_epoch(tmp_path):
+    """final_train_* is reported at the last epoch only, so the history's other rows hold NaN for it."""
+    from types import SimpleNamespace
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tune_mnist.driver import member_tensorboard
+
+    nan = float("nan")
+    history = pd.DataFrame({"population": [1, 1], "m0/epoch": [1, 2], "m0/val_loss": [0.9, 0.5],
+                            "m0/final_train_loss": [nan, 0.4]})
+    member_tensorboard([SimpleNamespace(metrics_dataframe=history, path=str(tmp_path / "trial_0"))],
+                       tmp_path / "tb")
+    acc = EventAccumulator(str(tmp_path / "tb" / "trial_0" / "m0")).Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("final_train_loss")] == [(2, pytest.approx(0.4))]
+    assert [e.step for e in acc.Scalars("val_loss")] == [1, 2]

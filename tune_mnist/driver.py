@@ -8,6 +8,7 @@ and report every epoch with a checkpoint holding the weights and the optimizer.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import socket
@@ -243,7 +244,8 @@ def member_rows(frame: pd.DataFrame) -> pd.DataFrame:
 def member_tensorboard(grid: tune.ResultGrid, folder: Path) -> None:
     """One TensorBoard run per population member, folder/<trial>/m<r>, from each trial's reported history.
 
-    Rewritten whole each time (a resumed study calls it again), so no scalar appears twice.
+    Rewritten whole each time (a resumed study calls it again), so no scalar appears twice. A metric
+    reported at some epochs only (final_train_* at the last) is NaN in the history's other rows: skipped.
     """
     from tensorboardX import SummaryWriter
 
@@ -257,7 +259,8 @@ def member_tensorboard(grid: tune.ResultGrid, folder: Path) -> None:
             with SummaryWriter(str(run)) as writer:
                 for row in history.to_dict("records"):
                     for key, value in row.items():
-                        if key.startswith(prefix) and key != f"{prefix}epoch" and isinstance(value, float):
+                        if (key.startswith(prefix) and key != f"{prefix}epoch" and isinstance(value, float)
+                                and not math.isnan(value)):
                             writer.add_scalar(key[len(prefix):], value, int(row[f"{prefix}epoch"]))
 
 
