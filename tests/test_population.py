@@ -69,7 +69,7 @@ for act, channels in [("relu", [8, 16]), ("leaky_relu", [8, 16, 24]), ("tanh", [
                       ("sigmoid", [8, 16]), ("relu", [4, 64, 72])]:
     spec = {"family": "cnn", "channels": channels, "hidden": 32, "activation": act}
     p = pop.Population(spec, [0, 1, 2], "cpu")
-    assert p.fused_blocks == len(channels), act
+    assert p.fused_blocks == len(channels), (act, channels)
     x = torch.rand(3, 5, 1, 28, 28)
     fused = p(x)
     fused_grads = torch.autograd.grad(fused.square().sum(), list(p.params.values()))
@@ -78,18 +78,18 @@ for act, channels in [("relu", [8, 16]), ("leaky_relu", [8, 16, 24]), ("tanh", [
     torch.manual_seed(1)
     alone = models.build(spec)  # a single CNN runs the same kernels, as a population of one
     calls.clear()
-    assert torch.allclose(alone(x[1]), fused[1], rtol=1e-5, atol=1e-6) and calls, act
+    assert torch.allclose(alone(x[1]), fused[1], rtol=1e-5, atol=1e-6) and calls, (act, channels)
     alone_grads = torch.autograd.grad(alone(x[1]).square().sum(), list(alone.parameters()))
     plain_alone_grads = torch.autograd.grad(nn.Sequential.forward(alone, x[1]).square().sum(), list(alone.parameters()))
     for a, b in zip(alone_grads, plain_alone_grads):
-        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), act
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (act, channels)
     p.fused_blocks = 0
     plain = p(x)
     plain_grads = torch.autograd.grad(plain.square().sum(), list(p.params.values()))
-    assert torch.allclose(fused, plain, rtol=1e-5, atol=1e-6), act
-    assert torch.allclose(fused_shared, p(x[0], shared=True), rtol=1e-5, atol=1e-6), act
+    assert torch.allclose(fused, plain, rtol=1e-5, atol=1e-6), (act, channels)
+    assert torch.allclose(fused_shared, p(x[0], shared=True), rtol=1e-5, atol=1e-6), (act, channels)
     for a, b in zip(fused_grads, plain_grads):
-        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), act
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (act, channels)
 assert not conv_pool.fusable(nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), torch.device("cpu"))
 """
 
