@@ -55,8 +55,9 @@ INNER_PAIRS_PER_WARP, INNER_TILE, INNER_ROWS, INNER_SUB = 1024, 4096, 256, 16
 # warp per 512 pairs of the tile and 16 quads a warp (32 x 64 at 40 members: 0.37 ms against 0.65 by
 # position; 32 x 128: 0.47 vs 0.81); past it the quad kernel ran 30x slower (64 x 128) and the per-position
 # kernel takes over, as it does past 64 input channels, where the quad's four sums take 2 C_in floats a
-# thread (128 -> 16: 0.49 ms by quads, 0.39 by position; 128 -> 32: 0.26 either way). Kernel gradients of all nine taps a program up to NINE_TAPS_TILE (32 x 64: 0.63 ms
-# against 1.02 with a row of taps a program), past it a row of taps, as nine (C_in, C_out) sums no longer fit.
+# thread (128 -> 16: 0.49 ms by quads, 0.39 by position; 128 -> 32: 0.26 either way). Kernel gradients of
+# all nine taps a program up to NINE_TAPS_TILE (32 x 64: 0.63 ms against 1.02 with a row of taps a program),
+# past it a row of taps, as nine (C_in, C_out) sums no longer fit.
 QUAD_TILE, NINE_TAPS_TILE = 4096, 2048
 
 
