@@ -93,32 +93,20 @@ if triton is not None:
 
     @triton.jit
     def _activate(p, ACT: tl.constexpr, GPU: tl.constexpr):
+        """The activation at p and its slope there, sharing their work (tanh, sigmoid, erf)."""
         if ACT == 0:
-            return tl.maximum(p, 0.0)
+            return tl.maximum(p, 0.0), tl.where(p > 0, 1.0, 0.0)
         elif ACT == 1:
-            return tl.where(p > 0, p, 0.1 * p)
-        elif ACT == 2:
-            return _tanh(p, GPU)
-        elif ACT == 3:
-            return 1.0 / (1.0 + _exp(-p, GPU))
-        else:
-            return 0.5 * p * (1.0 + tl.erf(p * 0.7071067811865476))
-
-    @triton.jit
-    def _slope(p, ACT: tl.constexpr, GPU: tl.constexpr):
-        """The activation's derivative at p."""
-        if ACT == 0:
-            return tl.where(p > 0, 1.0, 0.0)
-        elif ACT == 1:
-            return tl.where(p > 0, 1.0, 0.1)
+            return tl.where(p > 0, p, 0.1 * p), tl.where(p > 0, 1.0, 0.1)
         elif ACT == 2:
             t = _tanh(p, GPU)
-            return 1.0 - t * t
+            return t, 1.0 - t * t
         elif ACT == 3:
             t = 1.0 / (1.0 + _exp(-p, GPU))
-            return t * (1.0 - t)
+            return t, t * (1.0 - t)
         else:
-            return 0.5 * (1.0 + tl.erf(p * 0.7071067811865476)) + p * _exp(-0.5 * p * p, GPU) * 0.3989422804014327
+            cdf = 1.0 + tl.erf(p * 0.7071067811865476)  # 2 Phi(p)
+            return 0.5 * p * cdf, 0.5 * cdf + p * _exp(-0.5 * p * p, GPU) * 0.3989422804014327
 
     @triton.jit
     def _pool(hi, hi_s, lo, lo_s, ACT: tl.constexpr, GPU: tl.constexpr):
@@ -127,14 +115,16 @@ if triton is not None:
         The activations here rise with the pre-activation, so their max is at hi, except GELU's, which falls
         then rises, so its max is at hi or lo: one or two evaluations a window rather than four (GELU's
         forward took twice ReLU's when evaluated at all four). Where two pre-activations give the same
-        activation (a saturated tanh or sigmoid) the larger wins rather than the first, which max_pool2d would pick:
-        the slope there is zero or nearly, so the gradients barely differ."""
-        best, won, pre = _activate(hi, ACT, GPU), hi_s, hi
+        activation (a saturated tanh or sigmoid) the larger wins rather than the first, which max_pool2d
+        would pick: the slope there is zero or nearly, so the gradients barely differ."""
+        best, slope = _activate(hi, ACT, GPU)
+        won = hi_s
         if ACT == 4:
-            at_lo = _activate(lo, ACT, GPU)
+            at_lo, slope_lo = _activate(lo, ACT, GPU)
             take = (at_lo > best) | ((at_lo == best) & (lo_s < hi_s))  # ties keep the first, as max_pool2d
-            best, won, pre = tl.where(take, at_lo, best), tl.where(take, lo_s, hi_s), tl.where(take, lo, hi)
-        return best, won, _slope(pre, ACT, GPU)
+            best, won = tl.where(take, at_lo, best), tl.where(take, lo_s, hi_s)
+            slope = tl.where(take, slope_lo, slope)
+        return best, won, slope
 
     @triton.jit
     def _patches(x_ptr, r, rows, n_rows, s: tl.constexpr, B):
