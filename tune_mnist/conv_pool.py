@@ -41,7 +41,7 @@ if triton is not None:
 # pre-activations (_pool), and sigmoid is fused too.
 ACTIVATIONS = {nn.ReLU: 0, nn.LeakyReLU: 1, nn.Tanh: 2, nn.Sigmoid: 3, nn.GELU: 4}
 # First block: pooled positions per forward program (fewer for tanh and GELU, whose temporaries spill: on
-# an H100, for 40 members, GELU's forward takes 0.47 ms with 64, 0.76 with 128; tanh 0.40 and 0.78), and
+# an H100, for 40 members, GELU's forward took 0.47 ms with 64, 0.76 with 128; tanh 0.40 and 0.78), and
 # warps per program.
 BLOCK, SPILLING_BLOCK, WARPS = 128, 64, 4
 BACKWARD_ROWS, BACKWARD_SUB = 512, 32
