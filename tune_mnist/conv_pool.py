@@ -204,8 +204,8 @@ if triton is not None:
                        CI: tl.constexpr, CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr,
                        ACT: tl.constexpr, GPU: tl.constexpr, BM: tl.constexpr):
         """BM pooled positions (image, py, px) of member r: the conv at all four window positions as one
-        (4 BM, C_in) @ (C_in, C_out) product per tap, then activation and max over each window; x may be any
-        strided (R, B, H, W, C_in)."""
+        (4 BM, C_in) @ (C_in, C_out) product per tap, then each window's largest and smallest pre-activation
+        and the activation's max from them (_pool); x may be any strided (R, B, H, W, C_in)."""
         r = tl.program_id(0)
         PH, PW = H // 2, W // 2
         n = B * PH * PW
