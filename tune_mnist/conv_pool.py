@@ -109,6 +109,16 @@ if triton is not None:
             return 0.5 * p * cdf, 0.5 * cdf + p * _exp(-0.5 * p * p, GPU) * 0.3989422804014327
 
     @triton.jit
+    def _mm(a, b, acc, GPU: tl.constexpr):
+        """a @ b + acc for the backward kernels: bf16 operands on a GPU (tensor cores at twice TF32's rate,
+        and autocast's precision for a conv's backward), fp32 under the interpreter, whose bf16 products
+        are wrong."""
+        if GPU:
+            return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+        else:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+
+    @triton.jit
     def _pool(hi, hi_s, lo, lo_s, ACT: tl.constexpr, GPU: tl.constexpr):
         """A pool window's max of the activation, the window position that holds it and the activation's slope
         there, from the window's largest pre-activation hi (first at position hi_s) and smallest lo (at lo_s).
@@ -156,7 +166,7 @@ if triton is not None:
         hi_s = tl.zeros((BLOCK, CB), tl.int32)
         lo_s = tl.zeros((BLOCK, CB), tl.int32)
         for s in tl.static_range(4):   # the pool window in max_pool2d's scan order; ties keep the first
-            pre = tl.dot(_patches(x_ptr, r, rows, B * 196, s, B), w, input_precision="ieee") + bias[None, :]
+            pre = tl.dot(_patches(x_ptr, r, rows, B * 196, s, B).to(tl.float16), w.to(tl.float16)) + bias[None, :]
             hi_s, lo_s = tl.where(pre > hi, s, hi_s), tl.where(pre < lo, s, lo_s)
             hi, lo = tl.maximum(hi, pre), tl.minimum(lo, pre)
         best, won, slope = _pool(hi, hi_s, lo, lo_s, ACT, GPU)
@@ -169,7 +179,7 @@ if triton is not None:
 
     @batch_any_size
     def _backward(x_ptr, win_ptr, slope_ptr, grad_ptr, dw_ptr, db_ptr, B, C: tl.constexpr, CB: tl.constexpr,
-                  ROWS: tl.constexpr, SUB: tl.constexpr):
+                  GPU: tl.constexpr, ROWS: tl.constexpr, SUB: tl.constexpr):
         """Kernel and bias gradients of ROWS pooled positions, SUB at a time (fewer registers than one product
         over all ROWS, which spilled), summed into this program's slot of dw and db."""
         r, block = tl.program_id(0), tl.program_id(1)
@@ -184,7 +194,7 @@ if triton is not None:
             g = tl.load(grad_ptr + at, mask=keep, other=0.0) * tl.load(slope_ptr + at, mask=keep, other=0.0)
             for s in tl.static_range(4):
                 patches = _patches(x_ptr, r, rows, B * 196, s, B)
-                dw += tl.dot(tl.trans(patches), tl.where(won == s, g, 0.0), input_precision="ieee")
+                dw = _mm(tl.trans(patches), tl.where(won == s, g, 0.0), dw, GPU)
             db += tl.sum(g, 0)
         k = tl.arange(0, 16)
         blocks = tl.num_programs(1)
@@ -220,7 +230,7 @@ if triton is not None:
                            2 * px + s % 2 + k % 3 - 1, rows < n, H, W, CI, KB)
             w = tl.load(w_ptr + ((r * 9 + k) * CI + ci[:, None]) * CO + co[None, :],
                         mask=(ci < CI)[:, None] & (co < CO)[None, :], other=0.0)
-            acc += tl.dot(a, w)
+            acc = tl.dot(a, w.to(a.dtype), acc)  # fp16 inputs: the product in fp16, as precise as TF32
         pre = tl.reshape(acc + tl.load(b_ptr + r * CO + co, mask=co < CO, other=0.0)[None, :], (4, BM, NB))
         best, won, slope = _pool(tl.max(pre, 0), tl.argmax(pre, 0, tie_break_left=True), tl.min(pre, 0),
                                  tl.argmin(pre, 0, tie_break_left=True), ACT, GPU)
@@ -240,7 +250,7 @@ if triton is not None:
 
     @batch_any_size
     def _input_grad_by_position(g_ptr, won_ptr, w_ptr, dx_ptr, B, H, W, CI: tl.constexpr, CO: tl.constexpr,
-                                KB: tl.constexpr, NB: tl.constexpr, BM: tl.constexpr):
+                                KB: tl.constexpr, NB: tl.constexpr, GPU: tl.constexpr, BM: tl.constexpr):
         """BM input positions of member r: for each tap, the conv output it fed, and the pre-activation
         gradient g there (g if that position won its pool window, else 0) @ the tap's kernel transposed."""
         r = tl.program_id(0)
@@ -257,7 +267,7 @@ if triton is not None:
             won = tl.load(won_ptr + at, mask=keep, other=-1)
             g = tl.load(g_ptr + at, mask=keep, other=0.0)
             g = tl.where(won == (oy % 2 * 2 + ox % 2)[:, None], g, 0.0)
-            acc += tl.dot(g, _tap_transposed(w_ptr, r, k, CI, CO, KB, NB))
+            acc = _mm(g, _tap_transposed(w_ptr, r, k, CI, CO, KB, NB), acc, GPU)
         tl.store(dx_ptr + (r * B * H * W + rows)[:, None] * CI + ci[None, :], acc,
                  mask=(rows < B * H * W)[:, None] & (ci < CI)[None, :])
 
@@ -271,7 +281,7 @@ if triton is not None:
 
     @batch_any_size
     def _input_grad_by_quad(g_ptr, won_ptr, w_ptr, dx_ptr, B, H, W, CI: tl.constexpr, CO: tl.constexpr,
-                            KB: tl.constexpr, NB: tl.constexpr, BM: tl.constexpr):
+                            KB: tl.constexpr, NB: tl.constexpr, GPU: tl.constexpr, BM: tl.constexpr):
         """As _input_grad_by_position, for BM 2x2 quads of input positions of member r at once: the nine
         taps of a quad's four positions reach only the nine pooled positions around it, so g and the
         winners are loaded once per pooled neighbour rather than once per tap and position."""
@@ -303,8 +313,8 @@ if triton is not None:
                                 for kx in tl.static_range(3):
                                     if (b - kx + 3) // 2 == dx:
                                         s = (a - ky + 3) % 2 * 2 + (b - kx + 3) % 2
-                                        d = tl.dot(tl.where(won == s, g, 0.0),
-                                                   _tap_transposed(w_ptr, r, ky * 3 + kx, CI, CO, KB, NB))
+                                        d = _mm(tl.where(won == s, g, 0.0),
+                                                _tap_transposed(w_ptr, r, ky * 3 + kx, CI, CO, KB, NB), None, GPU)
                                         if a * 2 + b == 0:
                                             acc0 += d
                                         elif a * 2 + b == 1:
@@ -321,7 +331,7 @@ if triton is not None:
     @batch_any_size
     def _inner_kernel_grad(x_ptr, sr, sb, sy, sx, sc, g_ptr, won_ptr, dw_ptr, B, H, W, CI: tl.constexpr,
                            CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr, KY: tl.constexpr,
-                           ROWS: tl.constexpr, SUB: tl.constexpr):
+                           GPU: tl.constexpr, ROWS: tl.constexpr, SUB: tl.constexpr):
         """The (C_in, C_out) kernel gradients of KY rows of taps (all three, or row program_id(1)) from ROWS
         pooled positions of member r, SUB at a time. Each input position that the taps reach from a window
         is loaded once and multiplied, for every (window position s, tap) that joins them, by g where s won:
@@ -355,23 +365,23 @@ if triton is not None:
                             t = (dy - s // 2) * 3 + dx - s % 2
                             gs = tl.where(won == s, g, 0.0)
                             if t == 0:
-                                dw0 = tl.dot(xt, gs, dw0)
+                                dw0 = _mm(xt, gs, dw0, GPU)
                             elif t == 1:
-                                dw1 = tl.dot(xt, gs, dw1)
+                                dw1 = _mm(xt, gs, dw1, GPU)
                             elif t == 2:
-                                dw2 = tl.dot(xt, gs, dw2)
+                                dw2 = _mm(xt, gs, dw2, GPU)
                             elif t == 3:
-                                dw3 = tl.dot(xt, gs, dw3)
+                                dw3 = _mm(xt, gs, dw3, GPU)
                             elif t == 4:
-                                dw4 = tl.dot(xt, gs, dw4)
+                                dw4 = _mm(xt, gs, dw4, GPU)
                             elif t == 5:
-                                dw5 = tl.dot(xt, gs, dw5)
+                                dw5 = _mm(xt, gs, dw5, GPU)
                             elif t == 6:
-                                dw6 = tl.dot(xt, gs, dw6)
+                                dw6 = _mm(xt, gs, dw6, GPU)
                             elif t == 7:
-                                dw7 = tl.dot(xt, gs, dw7)
+                                dw7 = _mm(xt, gs, dw7, GPU)
                             else:
-                                dw8 = tl.dot(xt, gs, dw8)
+                                dw8 = _mm(xt, gs, dw8, GPU)
         at = dw_ptr + ((r * tl.num_programs(2) + block) * 9 + ky0 * 3) * KB * NB
         at += tl.arange(0, KB)[:, None] * NB + co[None, :]
         tl.store(at, dw0)
@@ -391,89 +401,113 @@ def width(channels: int) -> int:
     return max(16, triton.next_power_of_2(channels))
 
 
-class FirstBlock(torch.autograd.Function):
+class FirstBlock:
     """x (R, batch, 1, 28, 28), weight (R, C, 1, 3, 3), bias (R, C) -> (R, batch, 14, 14, C)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: int) -> torch.Tensor:
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: int,
+                dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
         R, B, C = x.shape[0], x.shape[1], weight.shape[1]
         x, weight, bias = x.reshape(R, B, 784).contiguous(), weight.contiguous(), bias.contiguous()
-        out = torch.empty(R, B, 14, 14, C, device=x.device, dtype=torch.float32)
+        out = torch.empty(R, B, 14, 14, C, device=x.device, dtype=dtype)
         won = torch.empty(out.shape, device=x.device, dtype=torch.int8)
-        slope = torch.empty_like(out)
+        slope = torch.empty(out.shape, device=x.device)
         block = SPILLING_BLOCK if act in (ACTIVATIONS[nn.Tanh], ACTIVATIONS[nn.GELU]) else BLOCK
         _forward[(R, triton.cdiv(B * 196, block))](x, weight, bias, out, won, slope, B, C, width(C), act, x.is_cuda,
                                                    block, num_warps=WARPS)
-        ctx.save_for_backward(x, won, slope)
-        ctx.weight_shape = weight.shape
-        return out
+        return out, [x, won, slope]
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, None]:
-        x, won, slope = ctx.saved_tensors
-        R, B, C = x.shape[0], x.shape[1], ctx.weight_shape[1]
+    def backward(saved: list[torch.Tensor], grad: torch.Tensor,
+                 weight_shape: torch.Size) -> tuple[None, torch.Tensor, torch.Tensor]:
+        x, won, slope = saved
+        R, B, C = x.shape[0], x.shape[1], weight_shape[1]
         CB, blocks = width(C), triton.cdiv(B * 196, BACKWARD_ROWS)
         dw = torch.empty(R, blocks, 16, CB, device=x.device)
         db = torch.empty(R, blocks, CB, device=x.device)
-        _backward[(R, blocks)](x, won, slope, grad.contiguous(), dw, db, B, C, CB, BACKWARD_ROWS, BACKWARD_SUB,
-                               num_warps=WARPS)
-        dw = dw.sum(1)[:, :9, :C].transpose(1, 2).reshape(ctx.weight_shape)
-        return None, dw, db.sum(1)[:, :C], None
+        _backward[(R, blocks)](x, won, slope, grad.contiguous(), dw, db, B, C, CB, x.is_cuda, BACKWARD_ROWS,
+                               BACKWARD_SUB, num_warps=WARPS)
+        dw = dw.sum(1)[:, :9, :C].transpose(1, 2).reshape(weight_shape)
+        return None, dw, db.sum(1)[:, :C]  # no input gradient: the first block takes the images
 
 
-class InnerBlock(torch.autograd.Function):
+class InnerBlock:
     """x (R, batch, H, W, C_in), any strides; weight (R, C_out, C_in, 3, 3), bias (R, C_out)
     -> (R, batch, H // 2, W // 2, C_out)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: int) -> torch.Tensor:
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: int,
+                dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
         R, B, H, W, CI = x.shape
         CO = weight.shape[1]
         taps = weight.permute(0, 3, 4, 2, 1).reshape(R, 9, CI, CO).contiguous()  # (R, tap, C_in, C_out)
-        out = torch.empty(R, B, H // 2, W // 2, CO, device=x.device, dtype=torch.float32)
+        out = torch.empty(R, B, H // 2, W // 2, CO, device=x.device, dtype=dtype)
         won = torch.empty(out.shape, device=x.device, dtype=torch.int8)
-        slope = torch.empty_like(out)
+        slope = torch.empty(out.shape, device=x.device)
         NB = width(CO)
         warps = min(8, max(4, NB // 16))
         BM = max(16, min(64, INNER_PAIRS_PER_WARP * warps // NB))
         grid = (R, triton.cdiv(out[0].numel() // CO, BM))
         _inner_forward[grid](x, *x.stride(), taps, bias.contiguous(), out, won, slope, B, H, W, CI, CO, width(CI),
                              NB, act, x.is_cuda, BM, num_warps=warps)
-        ctx.save_for_backward(x, taps, won, slope)
-        ctx.weight_shape = weight.shape
-        return out
+        return out, [x, taps, won, slope]
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
-        x, taps, won, slope = ctx.saved_tensors
+    def backward(saved: list[torch.Tensor], grad: torch.Tensor,
+                 weight_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, taps, won, slope = saved
         R, B, H, W, CI = x.shape
         CO, KB, NB = taps.shape[-1], width(CI), width(taps.shape[-1])
-        g = (grad * slope).contiguous()  # pre-activation gradient at each window's winner; 0 elsewhere
+        # the pre-activation gradient at each window's winner, 0 elsewhere; in bf16 on a GPU, as the products
+        # take it (fp32 under the interpreter, which reads bf16 wrongly)
+        g = torch.empty(grad.shape, device=grad.device, dtype=torch.bfloat16 if x.is_cuda else torch.float32)
+        torch.mul(grad, slope, out=g)
         dx = torch.empty(R, B, H, W, CI, device=x.device, dtype=torch.float32)
         if KB <= 64 and KB * NB <= QUAD_TILE:
             warps = max(4, KB * NB // 512)
             BM = 16 * warps
             _input_grad_by_quad[(R, triton.cdiv(B * ((H + 1) // 2) * ((W + 1) // 2), BM))](
-                g, won, taps, dx, B, H, W, CI, CO, KB, NB, BM, num_warps=warps)
+                g, won, taps, dx, B, H, W, CI, CO, KB, NB, x.is_cuda, BM, num_warps=warps)
         else:
             BM = max(16, min(128, INNER_TILE // KB))
-            _input_grad_by_position[(R, triton.cdiv(B * H * W, BM))](g, won, taps, dx, B, H, W, CI, CO, KB, NB, BM,
-                                                                      num_warps=WARPS)
+            _input_grad_by_position[(R, triton.cdiv(B * H * W, BM))](g, won, taps, dx, B, H, W, CI, CO, KB, NB,
+                                                                      x.is_cuda, BM, num_warps=WARPS)
         rows_of_taps = 3 if KB * NB <= NINE_TAPS_TILE else 1
         blocks = triton.cdiv(g[0].numel() // CO, INNER_ROWS)
         dw = torch.empty(R, blocks, 9, KB, NB, device=x.device)
         _inner_kernel_grad[(R, 3 // rows_of_taps, blocks)](x, *x.stride(), g, won, dw, B, H, W, CI, CO, KB, NB,
-                                                           rows_of_taps, INNER_ROWS, INNER_SUB, num_warps=WARPS)
-        dw = dw.sum(1)[..., :CI, :CO].permute(0, 3, 2, 1).reshape(ctx.weight_shape)
-        return dx, dw, g.sum((1, 2, 3)), None
+                                                           rows_of_taps, x.is_cuda, INNER_ROWS, INNER_SUB,
+                                                           num_warps=WARPS)
+        dw = dw.sum(1)[..., :CI, :CO].permute(0, 3, 2, 1).reshape(weight_shape)
+        return dx, dw, g.sum((1, 2, 3), dtype=torch.float32)
 
 
-def first_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: nn.Module) -> torch.Tensor:
-    return FirstBlock.apply(x, weight, bias, ACTIVATIONS[type(act)])
+class Blocks(torch.autograd.Function):
+    """The blocks as one autograd node, so that the activations between them can be kept in fp16 while the
+    gradients passed between them stay fp32: were each block a node, autograd would cast an input's
+    gradient to the input's dtype, and fp16 gradients underflow."""
 
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, acts: tuple[int, ...], *params: torch.Tensor) -> torch.Tensor:
+        h, saved = x, []
+        for i, act in enumerate(acts):
+            # the last block's output goes to torch's dense layers in fp32
+            dtype = torch.float16 if i + 1 < len(acts) else torch.float32
+            h, kept = (InnerBlock if i else FirstBlock).forward(h, params[2 * i], params[2 * i + 1], act, dtype)
+            saved += kept
+        ctx.save_for_backward(*saved)
+        ctx.weight_shapes = [w.shape for w in params[::2]]
+        return h
 
-def inner_block(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: nn.Module) -> torch.Tensor:
-    return InnerBlock.apply(x, weight, bias, ACTIVATIONS[type(act)])
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        saved, grads = list(ctx.saved_tensors), []
+        for i in reversed(range(len(ctx.weight_shapes))):
+            kept = 4 if i else 3
+            grad, dw, db = (InnerBlock if i else FirstBlock).backward(saved[-kept:], grad, ctx.weight_shapes[i])
+            del saved[-kept:]
+            grads = [dw, db] + grads
+        return None, None, *grads
 
 
 def fusable_blocks(layers: Sequence[nn.Module], device: torch.device) -> int:
@@ -489,7 +523,6 @@ def fusable_blocks(layers: Sequence[nn.Module], device: torch.device) -> int:
 def blocks(x: torch.Tensor, params: Sequence[tuple[torch.Tensor, torch.Tensor, nn.Module]]) -> torch.Tensor:
     """x (R, batch, 1, 28, 28) through the blocks, each given as ((R, C_out, C_in, 3, 3) kernels, (R, C_out)
     biases, activation) -> (R, batch, features), in nn.Flatten's (channel, row, column) order."""
-    h = x
-    for i, (weight, bias, act) in enumerate(params):
-        h = (first_block if i == 0 else inner_block)(h, weight, bias, act)
+    acts = tuple(ACTIVATIONS[type(act)] for _, _, act in params)
+    h = Blocks.apply(x, acts, *[t for w, b, _ in params for t in (w, b)])
     return h.permute(0, 1, 4, 2, 3).flatten(2)
