@@ -183,10 +183,11 @@ if triton is not None:
         tl.store(slope_ptr + at, slope, mask=keep)
 
     @batch_any_size
-    def _backward(x_ptr, win_ptr, slope_ptr, grad_ptr, dw_ptr, db_ptr, B, C: tl.constexpr, CB: tl.constexpr,
+    def _backward(x_ptr, win_ptr, g_ptr, dw_ptr, db_ptr, B, C: tl.constexpr, CB: tl.constexpr,
                   GPU: tl.constexpr, ROWS: tl.constexpr, SUB: tl.constexpr):
         """Kernel and bias gradients of ROWS pooled positions, SUB at a time (fewer registers than one product
-        over all ROWS, which spilled), summed into this program's slot of dw and db."""
+        over all ROWS, which spilled), summed into this program's slot of dw and db; g is the gradient at
+        each window's winning pre-activation."""
         r, block = tl.program_id(0), tl.program_id(1)
         c = tl.arange(0, CB)
         dw = tl.zeros((16, CB), tl.float32)
@@ -196,7 +197,7 @@ if triton is not None:
             at = (r * B * 196 + rows)[:, None] * C + c[None, :]
             keep = (rows < B * 196)[:, None] & (c < C)[None, :]
             won = tl.load(win_ptr + at, mask=keep, other=-1)
-            g = tl.load(grad_ptr + at, mask=keep, other=0.0) * tl.load(slope_ptr + at, mask=keep, other=0.0)
+            g = tl.load(g_ptr + at, mask=keep, other=0.0).to(tl.float32)
             for s in tl.static_range(4):
                 patches = _patches(x_ptr, r, rows, B * 196, s, B)
                 dw = _mm(tl.trans(patches), tl.where(won == s, g, 0.0), dw, GPU)
@@ -263,15 +264,17 @@ if triton is not None:
                        mask=(ci < CI)[None, :] & (co < CO)[:, None], other=0.0)
 
     @batch_any_size
-    def _input_grad_by_position(g_ptr, won_ptr, w_ptr, dx_ptr, B, H, W, CI: tl.constexpr, CO: tl.constexpr,
-                                KB: tl.constexpr, NB: tl.constexpr, GPU: tl.constexpr, BM: tl.constexpr):
+    def _input_grad_by_position(g_ptr, won_ptr, w_ptr, x_slope_ptr, x_g_ptr, B, H, W, CI: tl.constexpr,
+                                CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr, GPU: tl.constexpr,
+                                BM: tl.constexpr):
         """BM input positions of member r: for each tap, the conv output it fed, and the pre-activation
-        gradient g there (g if that position won its pool window, else 0) @ the tap's kernel transposed."""
+        gradient g there (g if that position won its pool window, else 0) @ the tap's kernel transposed.
+        The sum, times the slope that the block below saved at x, is written as that block's g (_store_x_g)."""
         r = tl.program_id(0)
         PH, PW = H // 2, W // 2
         rows = tl.program_id(1) * BM + tl.arange(0, BM)
         image, y, x = rows // (H * W), rows % (H * W) // W, rows % W
-        ci, co = tl.arange(0, KB), tl.arange(0, NB)
+        co = tl.arange(0, NB)
         acc = tl.zeros((BM, KB), tl.float32)
         for k in tl.static_range(9):
             oy, ox = y - (k // 3 - 1), x - (k % 3 - 1)
@@ -282,20 +285,27 @@ if triton is not None:
             g = tl.load(g_ptr + at, mask=keep, other=0.0)
             g = tl.where(won == (oy % 2 * 2 + ox % 2)[:, None], g, 0.0)
             acc = _mm(g, _tap_transposed(w_ptr, r, k, CI, CO, KB, NB), acc, GPU)
-        tl.store(dx_ptr + (r * B * H * W + rows)[:, None] * CI + ci[None, :], acc,
-                 mask=(rows < B * H * W)[:, None] & (ci < CI)[None, :])
+        _store_x_g(x_slope_ptr, x_g_ptr, acc, r * B * H * W + rows, rows < B * H * W, CI, KB)
 
     @triton.jit
-    def _store_quad(dx_ptr, acc, q: tl.constexpr, r, image, qy, qx, valid, B, H, W, CI: tl.constexpr,
-                    KB: tl.constexpr):
-        y, x = 2 * qy + q // 2, 2 * qx + q % 2
+    def _store_x_g(x_slope_ptr, x_g_ptr, acc, at, valid, CI: tl.constexpr, KB: tl.constexpr):
+        """The gradient at x, acc (rows, KB), times the slope saved at x, into the g of x's block: that block's
+        backward then needs no pass of its own to multiply them."""
         ci = tl.arange(0, KB)
-        at = ((r * B + image) * H * W + y * W + x)[:, None] * CI + ci[None, :]
-        tl.store(dx_ptr + at, acc, mask=(valid & (y < H) & (x < W))[:, None] & (ci < CI)[None, :])
+        at = at[:, None] * CI + ci[None, :]
+        keep = valid[:, None] & (ci < CI)[None, :]
+        tl.store(x_g_ptr + at, acc * tl.load(x_slope_ptr + at, mask=keep, other=0.0), mask=keep)
+
+    @triton.jit
+    def _store_quad(x_slope_ptr, x_g_ptr, acc, q: tl.constexpr, r, image, qy, qx, valid, B, H, W,
+                    CI: tl.constexpr, KB: tl.constexpr):
+        y, x = 2 * qy + q // 2, 2 * qx + q % 2
+        _store_x_g(x_slope_ptr, x_g_ptr, acc, (r * B + image) * H * W + y * W + x, valid & (y < H) & (x < W), CI, KB)
 
     @batch_any_size
-    def _input_grad_by_quad(g_ptr, won_ptr, w_ptr, dx_ptr, B, H, W, CI: tl.constexpr, CO: tl.constexpr,
-                            KB: tl.constexpr, NB: tl.constexpr, GPU: tl.constexpr, BM: tl.constexpr):
+    def _input_grad_by_quad(g_ptr, won_ptr, w_ptr, x_slope_ptr, x_g_ptr, B, H, W, CI: tl.constexpr,
+                            CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr, GPU: tl.constexpr,
+                            BM: tl.constexpr):
         """As _input_grad_by_position, for BM 2x2 quads of input positions of member r at once: the nine
         taps of a quad's four positions reach only the nine pooled positions around it, so g and the
         winners are loaded once per pooled neighbour rather than once per tap and position."""
@@ -337,10 +347,10 @@ if triton is not None:
                                             acc2 += d
                                         else:
                                             acc3 += d
-        _store_quad(dx_ptr, acc0, 0, r, image, qy, qx, valid, B, H, W, CI, KB)
-        _store_quad(dx_ptr, acc1, 1, r, image, qy, qx, valid, B, H, W, CI, KB)
-        _store_quad(dx_ptr, acc2, 2, r, image, qy, qx, valid, B, H, W, CI, KB)
-        _store_quad(dx_ptr, acc3, 3, r, image, qy, qx, valid, B, H, W, CI, KB)
+        _store_quad(x_slope_ptr, x_g_ptr, acc0, 0, r, image, qy, qx, valid, B, H, W, CI, KB)
+        _store_quad(x_slope_ptr, x_g_ptr, acc1, 1, r, image, qy, qx, valid, B, H, W, CI, KB)
+        _store_quad(x_slope_ptr, x_g_ptr, acc2, 2, r, image, qy, qx, valid, B, H, W, CI, KB)
+        _store_quad(x_slope_ptr, x_g_ptr, acc3, 3, r, image, qy, qx, valid, B, H, W, CI, KB)
 
     @batch_any_size
     def _inner_kernel_grad(x_ptr, sr, sb, sy, sx, sc, g_ptr, won_ptr, dw_ptr, B, H, W, CI: tl.constexpr,
@@ -415,6 +425,12 @@ def width(channels: int) -> int:
     return max(16, triton.next_power_of_2(channels))
 
 
+def gradient_dtype(device: torch.device) -> torch.dtype:
+    """The pre-activation gradients passed between blocks: bf16 on a GPU, as the backward products take them
+    (_mm), fp32 under the interpreter, which reads bf16 wrongly."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 class FirstBlock:
     """x (R, batch, 1, 28, 28), weight (R, C, 1, 3, 3), bias (R, C) -> (R, batch, 14, 14, C)."""
 
@@ -432,17 +448,18 @@ class FirstBlock:
         return out, [x, won, slope]
 
     @staticmethod
-    def backward(saved: list[torch.Tensor], grad: torch.Tensor,
-                 weight_shape: torch.Size) -> tuple[None, torch.Tensor, torch.Tensor]:
-        x, won, slope = saved
+    def backward(saved: list[torch.Tensor], g: torch.Tensor,
+                 weight_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kernel and bias gradients from g, the gradient at each window's winning pre-activation; no input
+        gradient, as the first block takes the images."""
+        x, won, _ = saved
         R, B, C = x.shape[0], x.shape[1], weight_shape[1]
         CB, blocks = width(C), triton.cdiv(B * 196, BACKWARD_ROWS)
         dw = torch.empty(R, blocks, 16, CB, device=x.device)
         db = torch.empty(R, blocks, CB, device=x.device)
-        _backward[(R, blocks)](x, won, slope, grad.contiguous(), dw, db, B, C, CB, x.is_cuda, BACKWARD_ROWS,
-                               BACKWARD_SUB, num_warps=WARPS)
-        dw = dw.sum(1)[:, :9, :C].transpose(1, 2).reshape(weight_shape)
-        return None, dw, db.sum(1)[:, :C]  # no input gradient: the first block takes the images
+        _backward[(R, blocks)](x, won, g, dw, db, B, C, CB, x.is_cuda, BACKWARD_ROWS, BACKWARD_SUB,
+                               num_warps=WARPS)
+        return dw.sum(1)[:, :9, :C].transpose(1, 2).reshape(weight_shape), db.sum(1)[:, :C]
 
 
 class InnerBlock:
@@ -467,25 +484,23 @@ class InnerBlock:
         return out, [x, taps, won, slope]
 
     @staticmethod
-    def backward(saved: list[torch.Tensor], grad: torch.Tensor,
-                 weight_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, taps, won, slope = saved
+    def backward(saved: list[torch.Tensor], g: torch.Tensor, weight_shape: torch.Size,
+                 x_slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From g, the gradient at each window's winning pre-activation (0 elsewhere): the block below's g
+        (the gradient at x times x_slope, the slope that block saved), and the kernel and bias gradients."""
+        x, taps, won, _ = saved
         R, B, H, W, CI = x.shape
         CO, KB, NB = taps.shape[-1], width(CI), width(taps.shape[-1])
-        # the pre-activation gradient at each window's winner, 0 elsewhere; in bf16 on a GPU, as the products
-        # take it (fp32 under the interpreter, which reads bf16 wrongly)
-        g = torch.empty(grad.shape, device=grad.device, dtype=torch.bfloat16 if x.is_cuda else torch.float32)
-        torch.mul(grad, slope, out=g)
-        dx = torch.empty(R, B, H, W, CI, device=x.device, dtype=torch.float32)
+        x_g = torch.empty(x.shape, device=x.device, dtype=gradient_dtype(x.device))
         if KB <= 64 and KB * NB <= QUAD_TILE:
             warps = max(4, KB * NB // 512)
             BM = 16 * warps
             _input_grad_by_quad[(R, triton.cdiv(B * ((H + 1) // 2) * ((W + 1) // 2), BM))](
-                g, won, taps, dx, B, H, W, CI, CO, KB, NB, x.is_cuda, BM, num_warps=warps)
+                g, won, taps, x_slope, x_g, B, H, W, CI, CO, KB, NB, x.is_cuda, BM, num_warps=warps)
         else:
             BM = max(16, min(128, INNER_TILE // KB))
-            _input_grad_by_position[(R, triton.cdiv(B * H * W, BM))](g, won, taps, dx, B, H, W, CI, CO, KB, NB,
-                                                                      x.is_cuda, BM, num_warps=WARPS)
+            _input_grad_by_position[(R, triton.cdiv(B * H * W, BM))](g, won, taps, x_slope, x_g, B, H, W, CI, CO, KB,
+                                                                      NB, x.is_cuda, BM, num_warps=WARPS)
         rows_of_taps = 3 if KB * NB <= NINE_TAPS_TILE else 1
         blocks = triton.cdiv(g[0].numel() // CO, INNER_ROWS)
         dw = torch.empty(R, blocks, 9, KB, NB, device=x.device)
@@ -493,13 +508,14 @@ class InnerBlock:
                                                            rows_of_taps, x.is_cuda, INNER_ROWS, INNER_SUB,
                                                            num_warps=WARPS)
         dw = dw.sum(1)[..., :CI, :CO].permute(0, 3, 2, 1).reshape(weight_shape)
-        return dx, dw, g.sum((1, 2, 3), dtype=torch.float32)
+        return x_g, dw, g.sum((1, 2, 3), dtype=torch.float32)
 
 
 class Blocks(torch.autograd.Function):
-    """The blocks as one autograd node, so that the activations between them can be kept in fp16 while the
-    gradients passed between them stay fp32: were each block a node, autograd would cast an input's
-    gradient to the input's dtype, and fp16 gradients underflow."""
+    """The blocks as one autograd node. The activations between blocks are kept in fp16 and the gradients
+    between them in bf16, which autograd would not allow between nodes (it casts a gradient to its tensor's
+    dtype, and fp16 gradients underflow); and each block's input gradient is multiplied by the slope below it
+    as it is written."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, acts: tuple[int, ...], *params: torch.Tensor) -> torch.Tensor:
@@ -515,13 +531,15 @@ class Blocks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        saved, grads = list(ctx.saved_tensors), []
-        for i in reversed(range(len(ctx.weight_shapes))):
-            kept = 4 if i else 3
-            grad, dw, db = (InnerBlock if i else FirstBlock).backward(saved[-kept:], grad, ctx.weight_shapes[i])
-            del saved[-kept:]
+        saved = ctx.saved_tensors  # (x, won, slope) of the first block, then (x, taps, won, slope) of each other
+        kept = [saved[:3]] + [saved[i:i + 4] for i in range(3, len(saved), 4)]
+        g = torch.empty(grad.shape, device=grad.device, dtype=gradient_dtype(grad.device))
+        torch.mul(grad, kept[-1][-1], out=g)
+        grads: list[torch.Tensor] = []
+        for i in reversed(range(1, len(kept))):
+            g, dw, db = InnerBlock.backward(kept[i], g, ctx.weight_shapes[i], kept[i - 1][-1])
             grads = [dw, db] + grads
-        return None, None, *grads
+        return None, None, *FirstBlock.backward(kept[0], g, ctx.weight_shapes[0]), *grads
 
 
 def fusable_blocks(layers: Sequence[nn.Module], device: torch.device) -> int:
