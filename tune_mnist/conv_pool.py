@@ -22,6 +22,14 @@ each member's channels contiguous, so that an inner block's conv is a sum over t
   gradient (one program per member, block of positions and all nine taps, or a row of three taps for
   wide blocks), which loads each input position a window's taps reach once.
 Kernel gradients are summed per block into buffers that torch reduces (deterministic, no atomics).
+- Precision: forward products take fp16 operands (images, kernels, and the activations between blocks,
+  which are stored in fp16; fp16 has TF32's 10-bit mantissa) and sum in fp32; the last block's output is
+  fp32, for torch's dense layers. Backward products take bf16 operands, as autocast's conv backward does
+  (fp16 gradients underflow), and the pre-activation gradients passed between blocks are bf16; kernel and
+  bias gradients sum in fp32. On an H100 this took a graphed step of 40 members of the 32-64-128 CNN from
+  3.70 to 2.12 ms (relu; GELU 4.44 to 2.85), and the test accuracy of 16 members of the 32-64 CNN after 3
+  epochs stayed within 0.0001 of the unfused layers' for each activation. Under Triton's interpreter,
+  which computes bf16 products wrongly, the backward products take fp32 (_mm).
 """
 
 from __future__ import annotations
@@ -45,7 +53,9 @@ ACTIVATIONS = {nn.ReLU: 0, nn.LeakyReLU: 1, nn.Tanh: 2, nn.Sigmoid: 3, nn.GELU: 
 # warps per program.
 BLOCK, SPILLING_BLOCK, WARPS = 128, 64, 4
 BACKWARD_ROWS, BACKWARD_SUB = 512, 32
-# Inner blocks, from sweeps on an H100: a forward program takes 64 pooled positions (fewer for wide
+# The timings below are from sweeps on an H100 before the products moved to fp16 and bf16; a sweep after it
+# (rows and sub-blocks of both backwards, the input-gradient tile, pairs per warp, warps) kept every value.
+# Inner blocks: a forward program takes 64 pooled positions (fewer for wide
 # blocks) with a warp per 1024 (position, output channel) pairs (for 64 -> 128 channels, 8 warps: 0.43 ms
 # at 40 members against 0.53 with 4 warps and 32 positions; fewer positions were slower still, for GELU
 # too); an input-gradient program by position 4096 (position, input channel) pairs; a kernel-gradient
