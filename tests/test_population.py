@@ -115,3 +115,36 @@ def test_fused_conv_blocks_equal_the_layers_they_replace():
     under_triton_interpreter(FUSED_BLOCKS)
     spec = {"family": "cnn", "channels": [8], "hidden": 0, "activation": "relu"}
     assert not pop.Population(spec, [0], "cpu").fused_blocks or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+COMPILE_AHEAD = """
+import torch
+from torch import nn
+from tune_mnist import conv_pool
+
+
+def signature(kernel, grid, args, kwargs):
+    return kernel, grid, [(a.dtype, a.shape) if isinstance(a, torch.Tensor) else a for a in args], kwargs
+
+
+x = torch.rand(2, 3, 1, 28, 28)
+params = [torch.rand(2, 4, 1, 3, 3), torch.rand(2, 4), torch.rand(2, 16, 4, 3, 3), torch.rand(2, 16)]
+acts = (conv_pool.ACTIVATIONS[nn.GELU], conv_pool.ACTIVATIONS[nn.ReLU])
+launched, launch = [], conv_pool._launch
+conv_pool._launch = lambda kernel, grid, *args, **kwargs: (launched.append(signature(kernel, grid, args, kwargs)),
+                                                          launch(kernel, grid, *args, **kwargs))
+h, saved = conv_pool.forward_blocks(x, acts, params)
+conv_pool.backward_blocks(saved, torch.ones_like(h), [w.shape for w in params[::2]])
+conv_pool._launch = launch
+compiled = []
+for kernel in {k for k, *_ in launched}:
+    kernel.warmup = lambda *args, grid, _k=kernel, **kwargs: compiled.append(signature(_k, grid, args, kwargs))
+conv_pool._compile_ahead(x, acts, params)
+# a forward and backward's every kernel, with the arguments that key Triton's compilation, and nothing launched
+assert len(launched) == 5 and sorted(map(repr, compiled)) == sorted(map(repr, launched)), (launched, compiled)
+assert conv_pool._compiling is None
+"""
+
+
+def test_kernels_compile_ahead_as_a_step_launches_them():
+    under_triton_interpreter(COMPILE_AHEAD)

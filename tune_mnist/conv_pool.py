@@ -35,6 +35,7 @@ Kernel gradients are summed per block into buffers that torch reduces (determini
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -430,6 +431,40 @@ if triton is not None:
             tl.store(at + 8 * KB * NB, dw8)
 
 
+# While _compile_ahead runs: the compilations it has started, and the threads they run in.
+_compiling: list[Future] | None = None
+_compilers: ThreadPoolExecutor | None = None
+_compiled: set[tuple] = set()
+
+
+def _launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
+    if _compiling is None:
+        kernel[grid](*args, **kwargs)
+    else:
+        _compiling.append(_compilers.submit(kernel.warmup, *args, grid=grid, **kwargs))
+
+
+def _compile_ahead(x: torch.Tensor, acts: tuple[int, ...], params: Sequence[torch.Tensor]) -> None:
+    """Compiles the kernels of a forward and backward through these blocks, each in its own thread.
+
+    Triton compiles a kernel at its first launch, one after another: a fresh H100 took 30 s for the 8
+    kernels of a 32-64-128 CNN's step. Its compiler lets go of the GIL, so threads compile them at once.
+    The forward and backward run here without launching anything (their torch ops see uninitialised
+    memory, and their results are dropped); later processes on the machine find the kernels in Triton's
+    disk cache."""
+    global _compiling, _compilers
+    with ThreadPoolExecutor(max_workers=8) as _compilers:
+        _compiling = []
+        try:
+            with torch.no_grad():
+                h, saved = forward_blocks(x, acts, params)
+                backward_blocks(saved, torch.empty_like(h), [w.shape for w in params[::2]])
+        finally:
+            started, _compiling = _compiling, None
+        for compiled in started:
+            compiled.result()
+
+
 def width(channels: int) -> int:
     """Channels padded to a power of two of at least 16, the smallest tensor-core product."""
     return max(16, triton.next_power_of_2(channels))
@@ -453,8 +488,8 @@ class FirstBlock:
         won = torch.empty(out.shape, device=x.device, dtype=torch.int8)
         slope = torch.empty(out.shape, device=x.device)
         block = SPILLING_BLOCK if act in (ACTIVATIONS[nn.Tanh], ACTIVATIONS[nn.GELU]) else BLOCK
-        _forward[(R, triton.cdiv(B * 196, block))](x, weight, bias, out, won, slope, B, C, width(C), act, x.is_cuda,
-                                                   block, num_warps=WARPS)
+        _launch(_forward, (R, triton.cdiv(B * 196, block)), x, weight, bias, out, won, slope, B, C, width(C), act,
+                x.is_cuda, block, num_warps=WARPS)
         return out, [x, won, slope]
 
     @staticmethod
@@ -467,8 +502,8 @@ class FirstBlock:
         CB, blocks = width(C), triton.cdiv(B * 196, BACKWARD_ROWS)
         dw = torch.empty(R, blocks, 16, CB, device=x.device)
         db = torch.empty(R, blocks, CB, device=x.device)
-        _backward[(R, blocks)](x, won, g, dw, db, B, C, CB, x.is_cuda, BACKWARD_ROWS, BACKWARD_SUB,
-                               num_warps=WARPS)
+        _launch(_backward, (R, blocks), x, won, g, dw, db, B, C, CB, x.is_cuda, BACKWARD_ROWS, BACKWARD_SUB,
+                num_warps=WARPS)
         return dw.sum(1)[:, :9, :C].transpose(1, 2).reshape(weight_shape), db.sum(1)[:, :C]
 
 
@@ -489,8 +524,8 @@ class InnerBlock:
         warps = min(8, max(4, NB // 16))
         BM = max(16, min(64, INNER_PAIRS_PER_WARP * warps // NB))
         grid = (R, triton.cdiv(out[0].numel() // CO, BM))
-        _inner_forward[grid](x, *x.stride(), taps, bias.contiguous(), out, won, slope, B, H, W, CI, CO, width(CI),
-                             NB, act, x.is_cuda, BM, num_warps=warps)
+        _launch(_inner_forward, grid, x, *x.stride(), taps, bias.contiguous(), out, won, slope, B, H, W, CI, CO,
+                width(CI), NB, act, x.is_cuda, BM, num_warps=warps)
         return out, [x, taps, won, slope]
 
     @staticmethod
@@ -505,20 +540,46 @@ class InnerBlock:
         if KB <= 64 and KB * NB <= QUAD_TILE:
             warps = max(4, KB * NB // 512)
             BM = 16 * warps
-            _input_grad_by_quad[(R, triton.cdiv(B * ((H + 1) // 2) * ((W + 1) // 2), BM))](
-                g, won, taps, x_slope, x_g, B, H, W, CI, CO, KB, NB, x.is_cuda, BM, num_warps=warps)
+            _launch(_input_grad_by_quad, (R, triton.cdiv(B * ((H + 1) // 2) * ((W + 1) // 2), BM)), g, won, taps,
+                    x_slope, x_g, B, H, W, CI, CO, KB, NB, x.is_cuda, BM, num_warps=warps)
         else:
             BM = max(16, min(128, INNER_TILE // KB))
-            _input_grad_by_position[(R, triton.cdiv(B * H * W, BM))](g, won, taps, x_slope, x_g, B, H, W, CI, CO, KB,
-                                                                      NB, x.is_cuda, BM, num_warps=WARPS)
+            _launch(_input_grad_by_position, (R, triton.cdiv(B * H * W, BM)), g, won, taps, x_slope, x_g, B, H, W, CI,
+                    CO, KB, NB, x.is_cuda, BM, num_warps=WARPS)
         rows_of_taps = 3 if KB * NB <= NINE_TAPS_TILE else 1
         blocks = triton.cdiv(g[0].numel() // CO, INNER_ROWS)
         dw = torch.empty(R, blocks, 9, KB, NB, device=x.device)
-        _inner_kernel_grad[(R, 3 // rows_of_taps, blocks)](x, *x.stride(), g, won, dw, B, H, W, CI, CO, KB, NB,
-                                                           rows_of_taps, x.is_cuda, INNER_ROWS, INNER_SUB,
-                                                           num_warps=WARPS)
+        _launch(_inner_kernel_grad, (R, 3 // rows_of_taps, blocks), x, *x.stride(), g, won, dw, B, H, W, CI, CO, KB,
+                NB, rows_of_taps, x.is_cuda, INNER_ROWS, INNER_SUB, num_warps=WARPS)
         dw = dw.sum(1)[..., :CI, :CO].permute(0, 3, 2, 1).reshape(weight_shape)
         return x_g, dw, g.sum((1, 2, 3), dtype=torch.float32)
+
+
+def forward_blocks(x: torch.Tensor, acts: Sequence[int],
+                   params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """x through the blocks (params: each block's kernels, then biases): the last block's output, and what
+    the backward needs."""
+    h, saved = x, []
+    for i, act in enumerate(acts):
+        # the last block's output goes to torch's dense layers in fp32
+        dtype = torch.float16 if i + 1 < len(acts) else torch.float32
+        h, kept = (InnerBlock if i else FirstBlock).forward(h, params[2 * i], params[2 * i + 1], act, dtype)
+        saved += kept
+    return h, saved
+
+
+def backward_blocks(saved: Sequence[torch.Tensor], grad: torch.Tensor,
+                    weight_shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
+    """From forward_blocks' saved tensors and the gradient at its output: each block's kernel and bias
+    gradients."""
+    kept = [saved[:3]] + [saved[i:i + 4] for i in range(3, len(saved), 4)]  # FirstBlock's 3, InnerBlock's 4
+    g = torch.empty(grad.shape, device=grad.device, dtype=gradient_dtype(grad.device))
+    torch.mul(grad, kept[-1][-1], out=g)
+    grads: list[torch.Tensor] = []
+    for i in reversed(range(1, len(kept))):
+        g, dw, db = InnerBlock.backward(kept[i], g, weight_shapes[i], kept[i - 1][-1])
+        grads = [dw, db] + grads
+    return [*FirstBlock.backward(kept[0], g, weight_shapes[0]), *grads]
 
 
 class Blocks(torch.autograd.Function):
@@ -529,27 +590,14 @@ class Blocks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, acts: tuple[int, ...], *params: torch.Tensor) -> torch.Tensor:
-        h, saved = x, []
-        for i, act in enumerate(acts):
-            # the last block's output goes to torch's dense layers in fp32
-            dtype = torch.float16 if i + 1 < len(acts) else torch.float32
-            h, kept = (InnerBlock if i else FirstBlock).forward(h, params[2 * i], params[2 * i + 1], act, dtype)
-            saved += kept
+        h, saved = forward_blocks(x, acts, params)
         ctx.save_for_backward(*saved)
         ctx.weight_shapes = [w.shape for w in params[::2]]
         return h
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        saved = ctx.saved_tensors  # (x, won, slope) of the first block, then (x, taps, won, slope) of each other
-        kept = [saved[:3]] + [saved[i:i + 4] for i in range(3, len(saved), 4)]
-        g = torch.empty(grad.shape, device=grad.device, dtype=gradient_dtype(grad.device))
-        torch.mul(grad, kept[-1][-1], out=g)
-        grads: list[torch.Tensor] = []
-        for i in reversed(range(1, len(kept))):
-            g, dw, db = InnerBlock.backward(kept[i], g, ctx.weight_shapes[i], kept[i - 1][-1])
-            grads = [dw, db] + grads
-        return None, None, *FirstBlock.backward(kept[0], g, ctx.weight_shapes[0]), *grads
+        return None, None, *backward_blocks(ctx.saved_tensors, grad, ctx.weight_shapes)
 
 
 def fusable_blocks(layers: Sequence[nn.Module], device: torch.device) -> int:
@@ -566,5 +614,10 @@ def blocks(x: torch.Tensor, params: Sequence[tuple[torch.Tensor, torch.Tensor, n
     """x (R, batch, 1, 28, 28) through the blocks, each given as ((R, C_out, C_in, 3, 3) kernels, (R, C_out)
     biases, activation) -> (R, batch, features), in nn.Flatten's (channel, row, column) order."""
     acts = tuple(ACTIVATIONS[type(act)] for _, _, act in params)
-    h = Blocks.apply(x, acts, *[t for w, b, _ in params for t in (w, b)])
+    tensors = [t for w, b, _ in params for t in (w, b)]
+    shapes = (acts, x.shape[1:], *(t.shape[1:] for t in tensors))
+    if x.is_cuda and shapes not in _compiled and not torch.cuda.is_current_stream_capturing():
+        _compile_ahead(x, acts, tensors)
+        _compiled.add(shapes)
+    h = Blocks.apply(x, acts, *tensors)
     return h.permute(0, 1, 4, 2, 3).flatten(2)
