@@ -139,9 +139,12 @@ conv_pool._launch = launch
 compiled = []
 for kernel in {k for k, *_ in launched}:
     kernel.warmup = lambda *args, grid, _k=kernel, **kwargs: compiled.append(signature(_k, grid, args, kwargs))
-conv_pool._compile_ahead(x, acts, params)
+conv_pool._compile_ahead(x, acts, params, backward=True)
 # a forward and backward's every kernel, with the arguments that key Triton's compilation, and nothing launched
 assert len(launched) == 5 and sorted(map(repr, compiled)) == sorted(map(repr, launched)), (launched, compiled)
+compiled.clear()
+conv_pool._compile_ahead(x, acts, params, backward=False)  # evaluation: the forward's kernels only
+assert sorted(map(repr, compiled)) == sorted(map(repr, launched[:2])), compiled
 assert conv_pool._compiling is None
 """
 

@@ -444,8 +444,8 @@ def _launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
         _compiling.append(_compilers.submit(kernel.warmup, *args, grid=grid, **kwargs))
 
 
-def _compile_ahead(x: torch.Tensor, acts: tuple[int, ...], params: Sequence[torch.Tensor]) -> None:
-    """Compiles the kernels of a forward and backward through these blocks, each in its own thread.
+def _compile_ahead(x: torch.Tensor, acts: tuple[int, ...], params: Sequence[torch.Tensor], backward: bool) -> None:
+    """Compiles the kernels of a forward (and backward) through these blocks, each in its own thread.
 
     Triton compiles a kernel at its first launch, one after another: a fresh H100 took 30 s for the 8
     kernels of a 32-64-128 CNN's step. Its compiler lets go of the GIL, so threads compile them at once.
@@ -458,7 +458,8 @@ def _compile_ahead(x: torch.Tensor, acts: tuple[int, ...], params: Sequence[torc
         try:
             with torch.no_grad():
                 h, saved = forward_blocks(x, acts, params)
-                backward_blocks(saved, torch.empty_like(h), [w.shape for w in params[::2]])
+                if backward:
+                    backward_blocks(saved, torch.empty_like(h), [w.shape for w in params[::2]])
         finally:
             started, _compiling = _compiling, None
         for compiled in started:
@@ -615,9 +616,10 @@ def blocks(x: torch.Tensor, params: Sequence[tuple[torch.Tensor, torch.Tensor, n
     biases, activation) -> (R, batch, features), in nn.Flatten's (channel, row, column) order."""
     acts = tuple(ACTIVATIONS[type(act)] for _, _, act in params)
     tensors = [t for w, b, _ in params for t in (w, b)]
-    shapes = (acts, x.shape[1:], *(t.shape[1:] for t in tensors))
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    shapes = (acts, x.shape[1:], *(t.shape[1:] for t in tensors), training)
     if x.is_cuda and shapes not in _compiled and not torch.cuda.is_current_stream_capturing():
-        _compile_ahead(x, acts, tensors)
+        _compile_ahead(x, acts, tensors, backward=training)
         _compiled.add(shapes)
     h = Blocks.apply(x, acts, *tensors)
     return h.permute(0, 1, 4, 2, 3).flatten(2)
