@@ -24,9 +24,9 @@ each member's channels contiguous, so that an inner block's conv is a sum over t
 Kernel gradients are summed per block into buffers that torch reduces (deterministic, no atomics).
 - Precision: forward products take fp16 operands (images, kernels, and the activations between blocks,
   which are stored in fp16; fp16 has TF32's 10-bit mantissa, and holds values up to 65,504) and sum in
-  fp32; the last block's output is fp32, for torch's dense layers. Backward products take bf16 operands, as autocast's conv backward does
-  (fp16 gradients underflow), and the pre-activation gradients passed between blocks are bf16; kernel and
-  bias gradients sum in fp32. On an H100 this took a graphed step of 40 members of the 32-64-128 CNN from
+  fp32; the last block's output is fp32, for torch's dense layers. Backward products take bf16
+  operands, as autocast's conv backward does (fp16 gradients underflow), and the pre-activation
+  gradients passed between blocks are bf16; kernel and bias gradients sum in fp32. On an H100 this took a graphed step of 40 members of the 32-64-128 CNN from
   3.70 to 2.12 ms (relu; GELU 4.44 to 2.85), and the test accuracy of 16 members of the 32-64 CNN after 3
   epochs stayed within 0.0001 of the unfused layers' for each activation. Under Triton's interpreter,
   which computes bf16 products wrongly, the backward products take fp32 (_mm).
