@@ -26,10 +26,11 @@ Kernel gradients are summed per block into buffers that torch reduces (determini
   which are stored in fp16; fp16 has TF32's 10-bit mantissa, and holds values up to 65,504) and sum in
   fp32; the last block's output is fp32, for torch's dense layers. Backward products take bf16
   operands, as autocast's conv backward does (fp16 gradients underflow), and the pre-activation
-  gradients passed between blocks are bf16; kernel and bias gradients sum in fp32. On an H100 this took a graphed step of 40 members of the 32-64-128 CNN from
-  3.70 to 2.12 ms (relu; GELU 4.44 to 2.85), and the test accuracy of 16 members of the 32-64 CNN after 3
-  epochs stayed within 0.0001 of the unfused layers' for each activation. Under Triton's interpreter,
-  which computes bf16 products wrongly, the backward products take fp32 (_mm).
+  gradients passed between blocks are bf16; kernel and bias gradients sum in fp32. On an H100 this
+  took a graphed step of 40 members of the 32-64-128 CNN from 3.70 to 2.12 ms (relu; GELU 4.44 to
+  2.85), and the test accuracy of 16 members of the 32-64 CNN after 3 epochs stayed within 0.0001 of the
+  unfused layers' for each activation. Under Triton's interpreter, which computes bf16 products
+  wrongly, the backward products take fp32 (_mm).
 """
 
 from __future__ import annotations
