@@ -35,8 +35,9 @@ Kernel gradients are summed per block into buffers that torch reduces (determini
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -432,19 +433,19 @@ if triton is not None:
             tl.store(at + 8 * KB * NB, dw8)
 
 
-# While _compile_ahead runs: the compilations it has started, and the threads they run in. _compiled: the
-# (activations, shapes, training) it has compiled for in this process.
-_compiling: list[Future] | None = None
-_compilers: ThreadPoolExecutor | None = None
+# While _compile_ahead runs in a thread, that thread's .pool (the threads that compile) and .started (the
+# compilations); other threads launch as usual. _compiled: the (activations, shapes, training) compiled for.
+_ahead = threading.local()
 _compiled: set[tuple] = set()
 
 
 def _launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
     """Launches kernel on grid; while _compile_ahead runs, compiles it for these arguments in a thread instead."""
-    if _compiling is None:
+    pool = getattr(_ahead, "pool", None)
+    if pool is None:
         kernel[grid](*args, **kwargs)
     else:
-        _compiling.append(_compilers.submit(kernel.warmup, *args, grid=grid, **kwargs))
+        _ahead.started.append(pool.submit(kernel.warmup, *args, grid=grid, **kwargs))
 
 
 def _compile_ahead(x: torch.Tensor, acts: tuple[int, ...], params: Sequence[torch.Tensor], backward: bool) -> None:
@@ -456,17 +457,16 @@ def _compile_ahead(x: torch.Tensor, acts: tuple[int, ...], params: Sequence[torc
     The forward and backward run here without launching anything (their torch ops see uninitialised
     memory, and their results are dropped); later processes on the machine find the kernels in Triton's
     disk cache."""
-    global _compiling, _compilers
-    with ThreadPoolExecutor(max_workers=8) as _compilers:
-        _compiling = []
+    with ThreadPoolExecutor(max_workers=8) as _ahead.pool:
+        _ahead.started = []
         try:
             with torch.no_grad():
                 h, saved = forward_blocks(x, acts, params)
                 if backward:
                     backward_blocks(saved, torch.empty_like(h), [w.shape for w in params[::2]])
         finally:
-            started, _compiling = _compiling, None
-        for compiled in started:
+            _ahead.pool = None
+        for compiled in _ahead.started:
             compiled.result()
 
 
