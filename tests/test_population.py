@@ -35,7 +35,7 @@ def test_member_weights_load_into_a_plain_model():
     torch.manual_seed(5)
     alone = models.build(spec)
     twin = models.build(spec)
-    twin.load_state_dict(population.member_state(1))
+    twin.load_state_dict(population.member_states()[1])
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(twin(x), alone(x))
 

@@ -78,6 +78,15 @@ def test_corruption_population_equals_separate_trials(corruption_run, results, c
     trials = stacked.groupby("trial_id").agg(end=("reported_at", "max"), seconds=("seconds", "max"))
     assert len(trials) == 2 and (trials["seconds"] > 0).all()
     assert (trials["end"] - trials["seconds"] > started).all() and (trials["end"] < time.time()).all()
+    # a trial's own TensorBoard log holds the members' means; each member's metrics are in a run of its own
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trial = next((together / "tune" / "grid").glob("trial_*"))
+    tags = EventAccumulator(str(trial)).Reload().Tags()["scalars"]
+    assert "ray/tune/test_acc" in tags and not [t for t in tags if t.startswith("ray/tune/m0/")]
+    member = EventAccumulator(str(together / "tensorboard" / trial.name / "m0")).Reload()
+    row = stacked[(stacked["trial_id"] == trial.name.removeprefix("trial_")) & (stacked["member"] == 0)]
+    assert member.Scalars("test_acc")[-1].value == pytest.approx(row["test_acc"].item())
 
 
 def test_scaling_population_of_seeds_equals_separate_trials(results, ray_session):

@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shutil
 import socket
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from ray.tune.logger import TBXLoggerCallback
 
 # Forced snapshots after each checkpoint are what make resume lose nothing; the warning about them is noise.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+MEMBER_METRIC = re.compile(r"m\d+/")  # a population member's metric in a trial's report, e.g. "m3/test_acc"
 RAY_COLUMNS = {"timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "date", "time_this_iter_s",
                "pid", "time_since_restore", "iterations_since_restore", "experiment_tag", "config"}
 
@@ -52,6 +55,15 @@ class Progress(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
         print(f"[{self.label}] {self.done}/{self.total or len(trials)} FAILED {trial.trial_id}: see {trial.path}", flush=True)
+
+
+class TrialTensorboard(TBXLoggerCallback):
+    """Ray's TensorBoard logger, less a population's per-member metrics: each member gets a run of its own
+    (member_tensorboard). A trial waits while the driver logs its report, and 40 members' 460 scalars took
+    23 ms of it, each epoch."""
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        super().log_trial_result(iteration, trial, {k: v for k, v in result.items() if not MEMBER_METRIC.match(k)})
 
 
 @dataclass
@@ -217,11 +229,11 @@ def train_population_in_trial(config: dict[str, Any], data: Mnist, spec: dict[st
         metrics = {**means, **flat, **fixed, "reported_at": time.time()}
         if per_member[0]["epoch"] < cfg.epochs:
             return tune.report(metrics)
-        with tempfile.TemporaryDirectory() as d:
-            for r, m in enumerate(per_member):
-                model = models.build(spec)
-                model.load_state_dict(pop.member_state(r))
-                models.save(Path(d) / f"m{r}" / "model.pt", model, spec, **m)
+        with tempfile.TemporaryDirectory() as d, ThreadPoolExecutor(8) as pool:
+            # torch.save lets go of the GIL as it writes: 40 MLPs 1024-512-256 (230 MB) took 0.10 s in 4 threads
+            # against 0.37 s in one. load() checks each state against its spec's module.
+            list(pool.map(lambda r, state: models.save(Path(d) / f"m{r}" / "model.pt", state, spec, **per_member[r]),
+                          range(len(per_member)), pop.member_states()))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     population.fit(pop, to_device(data, device), cfg, [p for p, _ in members], on_epoch=report)
@@ -246,22 +258,26 @@ def member_tensorboard(grid: tune.ResultGrid, folder: Path) -> None:
 
     Rewritten whole each time (a resumed study calls it again), so no scalar appears twice. A metric
     reported at some epochs only (final_train_* at the last) is NaN in the history's other rows: skipped.
+    Each epoch's metrics go in as one event: for the 240 runs of 15 epochs of a campaign slice, 3 s
+    instead of 12 with an event per scalar and the history converted per member.
     """
     from tensorboardX import SummaryWriter
+    from tensorboardX.proto.summary_pb2 import Summary
 
     for result in grid:
         history = result.metrics_dataframe
         if history is None or "population" not in history:
             continue
+        records = history.to_dict("records")
         for r in range(int(history["population"].iloc[-1])):
             prefix, run = f"m{r}/", folder / Path(result.path).name / f"m{r}"
+            keys = [k for k in history.columns if k.startswith(prefix) and k != f"{prefix}epoch"]
             shutil.rmtree(run, ignore_errors=True)
             with SummaryWriter(str(run)) as writer:
-                for row in history.to_dict("records"):
-                    for key, value in row.items():
-                        if (key.startswith(prefix) and key != f"{prefix}epoch" and isinstance(value, float)
-                                and not math.isnan(value)):
-                            writer.add_scalar(key[len(prefix):], value, int(row[f"{prefix}epoch"]))
+                for row in records:
+                    values = [Summary.Value(tag=k[len(prefix):], simple_value=row[k]) for k in keys
+                              if isinstance(row[k], float) and not math.isnan(row[k])]
+                    writer.file_writer.add_summary(Summary(value=values), int(row[f"{prefix}epoch"]))
 
 
 def run(trainable: Callable, run_dir: Path, name: str, res: Resources, data: Mnist, *,
@@ -293,7 +309,7 @@ def run(trainable: Callable, run_dir: Path, name: str, res: Resources, data: Mni
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=experiments, verbose=0, stop=stop,
-                callbacks=[TBXLoggerCallback(), Progress(name, metric, shown or [], num_samples if search_alg else None)],
+                callbacks=[TrialTensorboard(), Progress(name, metric, shown or [], num_samples if search_alg else None)],
                 failure_config=tune.FailureConfig(max_failures=res.max_failures),
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=1, checkpoint_frequency=checkpoint_every,

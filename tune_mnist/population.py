@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -25,8 +26,14 @@ from torch.func import stack_module_state
 
 from tune_mnist import conv_pool, models
 from tune_mnist.data import DeviceSplit
-from tune_mnist.train import (EVAL_CHUNK, GraphedStep, TrainConfig, check_finite, corrupt, epoch_generator,
+from tune_mnist.train import (GraphedStep, TrainConfig, check_finite, corrupt, epoch_generator,
                               make_optimizer, noise_keys, prepare)
+
+
+# Member-images per evaluation chunk, as every member's activations are alive at once. On an H100, 40 members
+# took 0.018 s for val + test (15,000 images) with 32,768 (819 images a chunk) against 0.025-0.050 s with 8,192
+# (MLP 1024-512-256); the CNN 32-64-128 0.065 s against 0.072-0.096 s, at a peak of 2.5 GB instead of 0.6.
+EVAL_CHUNK = 32768
 
 
 class StackedLinear(torch.autograd.Function):
@@ -54,12 +61,13 @@ class Population:
     """R models of one spec, initialised as separate runs with these seeds would be."""
 
     def __init__(self, spec: dict[str, Any], seeds: Sequence[int], device: torch.device | str):
-        members = []
-        for seed in seeds:
-            torch.manual_seed(seed)
-            members.append(models.build(spec).to(device))
+        # Each member's initialisation draws from a generator of its own, so threads build them at once (the
+        # kernels of PyTorch's initialisation let go of the GIL): on an H100's host, 40 MLPs 1024-512-256 took
+        # 0.25-0.52 s one after another.
+        with ThreadPoolExecutor(8) as pool:
+            members = list(pool.map(lambda seed: models.build(spec, seed), seeds))
         self.seeds = list(seeds)
-        self.params, _ = stack_module_state(members)
+        self.params = {k: v.detach().to(device).requires_grad_() for k, v in stack_module_state(members)[0].items()}
         self.layers = list(members[0].named_children())  # the layer sequence; weights come from self.params
         # a CNN's (conv, activation, pool) blocks run as Triton kernels on a GPU (conv_pool.py)
         self.fused_blocks = conv_pool.fusable_blocks([m for _, m in self.layers], torch.device(device))
@@ -102,15 +110,17 @@ class Population:
                 h = layer(h)
         return h
 
-    def member_state(self, r: int) -> dict[str, torch.Tensor]:
-        return {k: v[r].detach().cpu().clone() for k, v in self.params.items()}
+    def member_states(self) -> list[dict[str, torch.Tensor]]:
+        """Every member's weights on the CPU, copied from the device once per stacked tensor."""
+        stacked = {k: v.detach().cpu() for k, v in self.params.items()}
+        return [{k: v[r].clone() for k, v in stacked.items()} for r in range(len(self))]
 
 
 @torch.inference_mode()
 def evaluate(pop: Population, split: DeviceSplit, inputs: str = "unit") -> list[dict[str, float]]:
     loss = torch.zeros(len(pop), device=split.x.device)
     correct = torch.zeros(len(pop), device=split.x.device, dtype=torch.long)
-    chunk = max(64, EVAL_CHUNK // len(pop))  # every member's activations are alive at once
+    chunk = max(64, EVAL_CHUNK // len(pop))
     for i in range(0, len(split), chunk):
         logits = pop(prepare(split.x[i:i + chunk], inputs), shared=True)
         y = split.y[i:i + chunk].expand(len(pop), -1)
