@@ -1,6 +1,7 @@
 """A population of R members equals R separate runs of the same seeds, member by member."""
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -27,6 +28,21 @@ def test_members_equal_separate_runs(spec, mnist):
             assert members[r][key] == pytest.approx(alone[key], rel=1e-5, abs=1e-6), (r, key)
         assert members[r]["test_acc"] == pytest.approx(alone["test_acc"], abs=2e-3)
     assert members[0]["test_acc"] > 0.3  # they learn
+
+
+def test_corruption_noise_is_drawn_afresh_each_epoch(mnist):
+    """At p = 1 the images are noise, new each epoch (a captured step is replayed with each epoch's keys):
+    nothing to learn beyond the labels' frequencies. Noise that came back each epoch would be memorised."""
+    splits = data.to_device(data.subset(mnist, 64, 64), "cpu")
+    freq = torch.bincount(splits["train"].y, minlength=10).float() / 64
+    entropy = -(freq[freq > 0] * freq[freq > 0].log()).sum().item()
+    spec, cfg = {"family": "mlp", "widths": [256], "activation": "relu"}, TrainConfig(epochs=40, batch_size=0, lr=1e-2)
+    alone = fit(models.build(spec), splits, replace(cfg, corruption=1.0))
+    members = pop.fit(pop.Population(spec, [0, 1], "cpu"), splits, cfg, [1.0, 1.0])
+    clean = fit(models.build(spec), splits, cfg)
+    assert clean["train_loss"] < 0.2 * entropy  # 64 clean images are memorised
+    for m in [alone, *members]:
+        assert m["train_loss"] > 0.8 * entropy
 
 
 def test_member_weights_load_into_a_plain_model():

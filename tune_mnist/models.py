@@ -6,7 +6,6 @@ makes the module, and `save`/`load` keep weights and spec together so an export 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,39 +91,8 @@ def tiny_cnn_patches(x: torch.Tensor) -> torch.Tensor:
     return x[:, 0].unfold(1, 5, 2).unfold(2, 5, 2).permute(0, 3, 4, 1, 2).reshape(len(x), 25, 144)
 
 
-def build(spec: dict[str, Any], seed: int | None = None) -> nn.Module:
-    """The module for a spec; "init_scale" multiplies PyTorch's default initialisation (0 gives zeros).
-
-    With a seed, the initialisation comes from a generator of its own, the same numbers that
-    torch.manual_seed(seed) and then build(spec) give, so threads can build a population's members at once.
-    """
-    if seed is None:
-        model = _layers(spec)
-    else:
-        with torch.device("meta"):  # shapes only: no initialisation drawn from the global generator
-            model = _layers(spec)
-        _initialise(model.to_empty(device="cpu"), torch.Generator().manual_seed(seed))
-    if spec.get("init_scale", 1.0) != 1.0:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.mul_(spec["init_scale"])
-    return model
-
-
-@torch.no_grad()
-def _initialise(model: nn.Module, generator: torch.Generator) -> None:
-    """PyTorch's default initialisation of each layer, in build order (nn.Linear's and nn.Conv2d's
-    reset_parameters: Kaiming-uniform weights, biases uniform in +-1/sqrt(fan_in)), drawn from generator."""
-    for layer in model.modules():
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
-            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
-            bound = 1 / math.sqrt(layer.weight[0].numel())
-            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
-        elif next(layer.parameters(recurse=False), None) is not None:
-            raise TypeError(f"no seeded initialisation for {type(layer).__name__}")
-
-
-def _layers(spec: dict[str, Any]) -> nn.Module:
+def build(spec: dict[str, Any]) -> nn.Module:
+    """The module for a spec; "init_scale" multiplies PyTorch's default initialisation (0 gives zeros)."""
     family = spec.get("family")
     if family == "mlp":
         model = mlp(spec["widths"], spec.get("activation", "tanh"))
@@ -134,6 +102,10 @@ def _layers(spec: dict[str, Any]) -> nn.Module:
         model = tiny_cnn()
     else:
         raise UserError(f"unknown model family {family!r}; choose from {', '.join(FAMILIES)}")
+    if spec.get("init_scale", 1.0) != 1.0:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(spec["init_scale"])
     return model
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -26,8 +25,8 @@ from torch.func import stack_module_state
 
 from tune_mnist import conv_pool, models
 from tune_mnist.data import DeviceSplit
-from tune_mnist.train import (GraphedStep, TrainConfig, check_finite, corrupt, epoch_generator,
-                              make_optimizer, noise_keys, prepare)
+from tune_mnist.train import (GraphedStep, TrainConfig, check_finite, corrupt, epoch_generator, make_optimizer,
+                              noise_keys, prepare, refill_keys)
 
 
 # Member-images per evaluation chunk, as every member's activations are alive at once. On an H100, 40 members
@@ -61,13 +60,12 @@ class Population:
     """R models of one spec, initialised as separate runs with these seeds would be."""
 
     def __init__(self, spec: dict[str, Any], seeds: Sequence[int], device: torch.device | str):
-        # Each member's initialisation draws from a generator of its own, so threads build them at once (the
-        # kernels of PyTorch's initialisation let go of the GIL): on an H100's host, 40 MLPs 1024-512-256 took
-        # 0.25-0.52 s one after another.
-        with ThreadPoolExecutor(8) as pool:
-            members = list(pool.map(lambda seed: models.build(spec, seed), seeds))
+        members = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            members.append(models.build(spec).to(device))
         self.seeds = list(seeds)
-        self.params = {k: v.detach().to(device).requires_grad_() for k, v in stack_module_state(members)[0].items()}
+        self.params, _ = stack_module_state(members)
         self.layers = list(members[0].named_children())  # the layer sequence; weights come from self.params
         # a CNN's (conv, activation, pool) blocks run as Triton kernels on a GPU (conv_pool.py)
         self.fused_blocks = conv_pool.fusable_blocks([m for _, m in self.layers], torch.device(device))
@@ -130,14 +128,13 @@ def evaluate(pop: Population, split: DeviceSplit, inputs: str = "unit") -> list[
     return [{"loss": l / n, "acc": c / n} for l, c in zip(loss.tolist(), correct.tolist())]
 
 
-def train_epoch(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit, cfg: TrainConfig,
-                corruption: Sequence[float], epoch: int, graphs: bool = True) -> list[dict[str, float]]:
+def epoch_loop(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit, cfg: TrainConfig,
+               corruption: Sequence[float], graphs: bool = True) -> Callable[[int], list[dict[str, float]]]:
+    """train.epoch_loop for every member at once: run(epoch) gives one metrics dict per member."""
     device = train.x.device
-    gens = [epoch_generator(replace(cfg, seed=s), epoch, device) for s in pop.seeds]
     n, R = len(train), len(pop)
     batch = cfg.batch_size or n
-    keys = noise_keys(corruption, pop.seeds, epoch, device)
-    orders = torch.stack([torch.randperm(n, device=device, generator=g) for g in gens])
+    keys = noise_keys(corruption, pop.seeds, 0, device)
     total = torch.zeros(R, device=device)
     correct = torch.zeros(R, device=device, dtype=torch.long)
 
@@ -152,20 +149,36 @@ def train_epoch(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit,
         correct.add_((logits.argmax(-1) == y).sum(1))
 
     graphed = GraphedStep(step) if graphs else step
-    for i in range(0, n, batch):
-        graphed(orders[:, i:i + batch])
-    return [{"train_loss": check_finite(t / n, cfg, epoch), "train_acc": c / n}
-            for t, c in zip(total.tolist(), correct.tolist())]
+
+    def run(epoch: int) -> list[dict[str, float]]:
+        refill_keys(keys, corruption, pop.seeds, epoch)
+        total.zero_()
+        correct.zero_()
+        gens = [epoch_generator(replace(cfg, seed=s), epoch, device) for s in pop.seeds]
+        orders = torch.stack([torch.randperm(n, device=device, generator=g) for g in gens])
+        for i in range(0, n, batch):
+            graphed(orders[:, i:i + batch])
+        return [{"train_loss": check_finite(t / n, cfg, epoch), "train_acc": c / n}
+                for t, c in zip(total.tolist(), correct.tolist())]
+
+    return run
+
+
+def train_epoch(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit, cfg: TrainConfig,
+                corruption: Sequence[float], epoch: int, graphs: bool = True) -> list[dict[str, float]]:
+    """One epoch of epoch_loop."""
+    return epoch_loop(pop, opt, train, cfg, corruption, graphs)(epoch)
 
 
 def fit(pop: Population, splits: dict[str, DeviceSplit], cfg: TrainConfig, corruption: Sequence[float],
         on_epoch: Callable[[list[dict[str, float]]], None] | None = None) -> list[dict[str, float]]:
     """train.fit for every member at once: per evaluated epoch, one metrics dict per member (train.fit's keys)."""
     opt = make_optimizer(list(pop.params.values()), cfg)
+    run = epoch_loop(pop, opt, splits["train"], cfg, corruption)
     metrics: list[dict[str, float]] = []
     for epoch in range(cfg.epochs):
         start = time.perf_counter()
-        metrics = [{"epoch": epoch + 1, **m} for m in train_epoch(pop, opt, splits["train"], cfg, corruption, epoch)]
+        metrics = [{"epoch": epoch + 1, **m} for m in run(epoch)]
         if (epoch + 1) % cfg.eval_every and epoch + 1 != cfg.epochs:
             continue
         evaluations = {name: evaluate(pop, splits[name], cfg.inputs) for name in ("val", "test")}

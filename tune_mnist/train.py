@@ -88,6 +88,13 @@ def noise_keys(p: Sequence[float], seeds: Sequence[int], epoch: int,
     return threshold, runs
 
 
+def refill_keys(keys: tuple[torch.Tensor, torch.Tensor] | None, p: Sequence[float], seeds: Sequence[int], epoch: int) -> None:
+    """Puts epoch's corruption keys into the tensors of noise_keys that a captured step reads."""
+    if keys is not None:
+        for old, new in zip(keys, noise_keys(p, seeds, epoch, keys[0].device)):
+            old.copy_(new)
+
+
 def corrupt(x: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor] | None, samples: torch.Tensor) -> torch.Tensor:
     """Replaces each pixel of runs' batches x (R, batch, ...) by U[0, 1) with probability p[r].
 
@@ -202,21 +209,20 @@ def check_finite(loss: float, cfg: TrainConfig, epoch: int) -> float:
     return loss
 
 
-def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit, cfg: TrainConfig,
-                epoch: int, graphs: bool = True) -> dict[str, float]:
-    """One pass over the training split; losses stay on the device until the epoch ends.
+def epoch_loop(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit, cfg: TrainConfig,
+               graphs: bool = True) -> Callable[[int], dict[str, float]]:
+    """run(epoch): one pass over the training split; losses stay on the device until the epoch ends.
 
+    Every epoch replays one captured step: the corruption keys and running sums it reads are refilled in
+    place (a graph captured each epoch took 3 eager steps and a capture: 0.03 s an epoch on an H100).
     graphs=False runs every step eagerly (the benchmarks compare the two).
     """
     device = train.x.device
-    g = epoch_generator(cfg, epoch, device)
-    keys = noise_keys([cfg.corruption], [cfg.seed], epoch, device)
     n = len(train)
     batch = cfg.batch_size or n
-    order = torch.randperm(n, device=device, generator=g)
+    keys = noise_keys([cfg.corruption], [cfg.seed], 0, device)
     total = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    model.train()
 
     def step(idx: torch.Tensor) -> None:
         # a full-batch step sees every image whatever the order: skip the copy a permuted gather makes
@@ -231,10 +237,24 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit
         correct.add_((logits.argmax(1) == y).sum())
 
     graphed = GraphedStep(step) if graphs else step
-    for i in range(0, n, batch):
-        graphed(order[i:i + batch])
-    loss = check_finite(total.item() / n, cfg, epoch)
-    return {"train_loss": loss, "train_acc": correct.item() / n}
+
+    def run(epoch: int) -> dict[str, float]:
+        refill_keys(keys, [cfg.corruption], [cfg.seed], epoch)
+        total.zero_()
+        correct.zero_()
+        model.train()
+        order = torch.randperm(n, device=device, generator=epoch_generator(cfg, epoch, device))
+        for i in range(0, n, batch):
+            graphed(order[i:i + batch])
+        return {"train_loss": check_finite(total.item() / n, cfg, epoch), "train_acc": correct.item() / n}
+
+    return run
+
+
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit, cfg: TrainConfig,
+                epoch: int, graphs: bool = True) -> dict[str, float]:
+    """One epoch of epoch_loop."""
+    return epoch_loop(model, opt, train, cfg, graphs)(epoch)
 
 
 EpochHook = Callable[[dict[str, float]], None]
@@ -249,10 +269,11 @@ def fit(model: nn.Module, splits: dict[str, DeviceSplit], cfg: TrainConfig,
     hold final_train_loss/acc, measured on the full training split with the final weights.
     """
     opt = opt or make_optimizer(model, cfg)
+    run = epoch_loop(model, opt, splits["train"], cfg)
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, cfg.epochs):
         start = time.perf_counter()
-        metrics = {"epoch": epoch + 1, **train_epoch(model, opt, splits["train"], cfg, epoch)}
+        metrics = {"epoch": epoch + 1, **run(epoch)}
         if (epoch + 1) % cfg.eval_every and epoch + 1 != cfg.epochs:
             continue
         for name in ("val", "test"):
