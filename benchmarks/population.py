@@ -31,7 +31,7 @@ def separate(spec, splits, cfg, seeds, device):
 def together(spec, splits, cfg, seeds, device, fuse=True):
     population = pop.Population(spec, seeds, device)
     population.fused_blocks = population.fused_blocks if fuse else 0
-    opt = make_optimizer(list(population.params.values()), cfg)
+    opt = pop.make_optimizer(population, cfg)
     pop.train_epoch(population, opt, splits["train"], cfg, [cfg.corruption] * len(seeds), 0)
 
 
