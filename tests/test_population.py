@@ -82,7 +82,8 @@ spec = {"family": "mlp", "widths": [40, 24], "activation": "tanh"}
 for optimizer in ("adam", "adamw"):
     cfg = train.TrainConfig(batch_size=100, optimizer=optimizer, weight_decay=0.05, lr=3e-3)
     fused, plain, start = (pop.Population(spec, [0, 1], "cpu") for _ in range(3))
-    for p, opt in ((fused, pop.make_optimizer(fused, cfg)), (plain, train.make_optimizer(list(plain.params.values()), cfg))):
+    torch_adam = train.make_optimizer(list(plain.params.values()), cfg)
+    for p, opt in ((fused, pop.make_optimizer(fused, cfg)), (plain, torch_adam)):
         run = pop.epoch_loop(p, opt, splits["train"], cfg, [0.0, 0.3])
         for epoch in range(2):
             run(epoch)

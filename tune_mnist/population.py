@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import stack_module_state
 
-from tune_mnist import conv_pool, dense_adam, models, train
+from tune_mnist import conv_pool, dense_adam, models
 from tune_mnist.data import DeviceSplit
 from tune_mnist.kernels import available
 from tune_mnist.train import (GraphedStep, TrainConfig, check_finite, corrupt, epoch_generator, noise_keys, prepare,
                               refill_keys)
+from tune_mnist.train import make_optimizer as torch_optimizer
 
 
 # Member-images per evaluation chunk, as every member's activations are alive at once. On an H100, 40 members
@@ -110,8 +111,9 @@ class Population:
                 else:
                     h = h.flatten(2 if layout == "members" else 1)
             elif isinstance(layer, nn.Linear):  # a shared (batch, F) input broadcasts to every member
+                adam = self.dense_adam if torch.is_grad_enabled() else None
                 h = StackedLinear.apply(h.expand(R, *h.shape[-2:]), self.params[f"{name}.weight"],
-                                        self.params[f"{name}.bias"], self.dense_adam if torch.is_grad_enabled() else None)
+                                        self.params[f"{name}.bias"], adam)
                 layout = "members"
             else:  # activations and pooling act per channel, in any layout
                 h = layer(h)
@@ -124,13 +126,13 @@ class Population:
 
 
 def make_optimizer(pop: Population, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """train.make_optimizer over the stacked parameters. Where the kernels run, Adam and AdamW update the
-    dense layers' weights in their gradient's product instead (dense_adam.py)."""
+    """train.make_optimizer (torch's) over the stacked parameters. Where the kernels run, Adam and AdamW
+    update the dense layers' weights in their gradient's product instead (dense_adam.py)."""
     weights = [p for name, p in pop.params.items() if name.endswith(".weight") and p.dim() == 3]
     pop.dense_adam = None
     if cfg.optimizer in ("adam", "adamw") and weights and available(weights[0].device):
         pop.dense_adam = dense_adam.DenseAdam(weights, cfg.lr, cfg.weight_decay, decoupled=cfg.optimizer == "adamw")
-    return train.make_optimizer(list(pop.params.values()), cfg)
+    return torch_optimizer(list(pop.params.values()), cfg)
 
 
 @torch.inference_mode()

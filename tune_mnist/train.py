@@ -88,7 +88,8 @@ def noise_keys(p: Sequence[float], seeds: Sequence[int], epoch: int,
     return threshold, runs
 
 
-def refill_keys(keys: tuple[torch.Tensor, torch.Tensor] | None, p: Sequence[float], seeds: Sequence[int], epoch: int) -> None:
+def refill_keys(keys: tuple[torch.Tensor, torch.Tensor] | None, p: Sequence[float], seeds: Sequence[int],
+                epoch: int) -> None:
     """Puts epoch's corruption keys into the tensors of noise_keys that a captured step reads."""
     if keys is not None:
         for old, new in zip(keys, noise_keys(p, seeds, epoch, keys[0].device)):
