@@ -66,7 +66,11 @@ def test_corruption_population_equals_separate_trials(corruption_run, results, c
     """--population 4: each trial trains 4 (p, seed) runs stacked; every run matches its separate trial."""
     started = time.time()
     together = run_study(results, "corruption", "--population", "4", name="pop")
-    assert re.search(r"^\[grid\] 2 trials in [\d.]+ s$", capsys.readouterr().out, re.M)
+    out = capsys.readouterr().out
+    assert re.search(r"^\[grid\] 2 trials in [\d.]+ s$", out, re.M)
+    # the estimate times the populations that the trials train, not single nets
+    assert re.search(r"^\[corruption\] estimate: 8 runs \(mlp [\d.]+s/run, cnn [\d.]+s/run, populations of 4\), 2 at once",
+                     out, re.M), out
     stacked = read_table(together / "results_per_run.csv").set_index(["family", "activation", "p", "seed"])
     separate = read_table(corruption_run / "results_per_run.csv").set_index(["family", "activation", "p", "seed"])
     assert len(stacked) == len(separate) == 8 and (stacked["population"] == 4).all()

@@ -19,7 +19,9 @@ from tune_mnist import data as mnist
 from tune_mnist import driver, runs, spaces, storage
 from tune_mnist.errors import UserError, require
 from tune_mnist.files import read_table
-from tune_mnist.studies import STUDIES, budget
+from tune_mnist.studies import budget, registry
+
+STUDIES = registry()
 RESOURCE_FLAGS = ("address", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
 
 

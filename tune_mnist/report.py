@@ -9,10 +9,10 @@ from tune_mnist import runs
 
 def redraw(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     """Draws the run's figures into `out` (default: the run folder) and returns their paths."""
-    from tune_mnist.studies import STUDIES
+    from tune_mnist.studies import registry
 
     run_dir = Path(run_dir)
     out = Path(out or run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    STUDIES[runs.read(run_dir)["study"]].report(run_dir, out)
+    registry()[runs.read(run_dir)["study"]].report(run_dir, out)
     return sorted(out.glob("*.png"))

@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import ray
 import torch
 from ray import tune
 
-from tune_mnist import driver, models, plots
-from tune_mnist.data import Mnist, subset, to_device
+from tune_mnist import driver, models, plots, population
+from tune_mnist.data import DeviceSplit, Mnist, subset, to_device
 from tune_mnist.errors import require
 from tune_mnist.files import read_table, write_csv
-from tune_mnist.train import TrainConfig, make_optimizer, train_epoch
+from tune_mnist.train import TrainConfig, epoch_loop, make_optimizer
 
 NAME = "corruption"
 HELP = "activations x MLP/CNN x pixel-corruption p x repeats: mean, std, stderr per cell"
@@ -69,30 +70,49 @@ def population_trainable(config: dict[str, Any], data: Mnist) -> None:
     driver.train_population_in_trial(config, data, spec(config, config["family"], config["activation"]))
 
 
+def seconds_per_run_step(spec: dict[str, Any], size: int, split: DeviceSplit, cfg: TrainConfig) -> float:
+    """Seconds of one run's training step when `size` runs train together as a population (one net alone
+    when size is 1), from an epoch of the split after a warm-up epoch."""
+    if size > 1:
+        pop = population.Population(spec, range(size), split.x.device)
+        run = population.epoch_loop(pop, population.make_optimizer(pop, cfg), split, cfg, [cfg.corruption] * size)
+    else:
+        model = models.build(spec).to(split.x.device)
+        run = epoch_loop(model, make_optimizer(model, cfg), split, cfg)
+    run(0)
+    start = time.perf_counter()
+    run(1)  # returns the epoch's losses, so it has waited for the device
+    return (time.perf_counter() - start) / -(-len(split) // cfg.batch_size) / size
+
+
 def estimate(s: dict[str, Any], data: Mnist, res: driver.Resources) -> float:
     """Seconds the campaign should take: runs x measured seconds per run / concurrent trials.
 
-    Times 20 training steps of each family on this machine's device; trials on a cluster's GPUs
-    will be faster, so on a cluster this is an upper bound.
+    Times 20 training steps of each family (its first activation) as the trials train it: populations of the
+    trials' size, or one net. Trials on a cluster's GPUs will be faster than this machine's device, so on a
+    cluster this is an upper bound. On a GPU it first compiles every family and activation's kernels at once
+    (population.compile_kernels), so that no trial waits to compile its own.
     """
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    probe = subset(data, n_train=20 * s["batch_size"], n_eval=10)
-    splits = to_device(probe, device)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    split = to_device(subset(data, n_train=20 * s["batch_size"], n_eval=10), device)["train"]
+    cfg = TrainConfig(batch_size=s["batch_size"], corruption=0.5)
+    size = driver.population_size(s["population"], res, len(s["p"]) * s["repeats"])
+    if device.type == "cuda" and size > 1:
+        population.compile_kernels([spec(s, f, a) for f in s["families"] for a in s["activations"]], split, cfg)
     steps_per_run = s["epochs"] * -(-len(data.train_x) // s["batch_size"])
-    per_family = {}
-    for family in s["families"]:
-        model = models.build(spec(s, family)).to(device)
-        cfg = TrainConfig(batch_size=s["batch_size"], corruption=0.5)
-        opt = make_optimizer(model, cfg)
-        train_epoch(model, opt, splits["train"], cfg, 0)  # warm-up
-        start = time.perf_counter()
-        train_epoch(model, opt, splits["train"], cfg, 1)
-        per_family[family] = (time.perf_counter() - start) / 20 * steps_per_run
+    per_run = {f: seconds_per_run_step(spec(s, f, s["activations"][0]), size, split, cfg) * steps_per_run
+               for f in s["families"]}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the trials' memory, not the driver's
     runs_per_family = len(s["activations"]) * len(s["p"]) * s["repeats"]
-    concurrent = max(1, int(min(driver.trial_slots(res), res.max_concurrent or 10**9)))
-    total = sum(per_family.values()) * runs_per_family / concurrent
-    parts = ", ".join(f"{f} {t:.1f}s/run" for f, t in per_family.items())
-    print(f"[corruption] estimate: {runs_per_family * len(per_family)} runs ({parts}), {concurrent} at once "
+    concurrent = min(driver.trial_slots(res), res.max_concurrent or 10**9)
+    if res.gpus_per_trial:  # trials that share a GPU take turns on it, and a population keeps it busy
+        concurrent = min(concurrent, ray.cluster_resources().get("GPU", 1))
+    concurrent = max(1, int(concurrent))
+    total = sum(per_run.values()) * runs_per_family / concurrent
+    parts = ", ".join(f"{f} {t:.1f}s/run" for f, t in per_run.items())
+    grouped = f", populations of {size}" if size > 1 else ""
+    print(f"[corruption] estimate: {runs_per_family * len(per_run)} runs ({parts}{grouped}), {concurrent} at once "
           f"-> about {total / 60:.1f} min", flush=True)
     return total
 
