@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import nbformat
-import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
@@ -186,19 +185,23 @@ def test_study_bad_input(argv, message, tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
-def test_member_tensorboard_runs_skip_metrics_missing_at_an_epoch(tmp_path):
-    """final_train_* is reported at the last epoch only, so the history's other rows hold NaN for it."""
+def test_member_tensorboard_writes_each_run_once_and_skips_metrics_missing_at_an_epoch(tmp_path):
+    """final_train_* is reported at the last epoch only; a population that starts again (a retried trial)
+    reports from epoch 1 again, and its runs hold its new reports only."""
+    import pickle
     from types import SimpleNamespace
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tune_mnist.driver import member_tensorboard
+    from tune_mnist.driver import MemberTensorboard
 
-    nan = float("nan")
-    history = pd.DataFrame({"population": [1, 1], "m0/epoch": [1, 2], "m0/val_loss": [0.9, 0.5],
-                            "m0/final_train_loss": [nan, 0.4]})
-    member_tensorboard([SimpleNamespace(metrics_dataframe=history, path=str(tmp_path / "trial_0"))],
-                       tmp_path / "tb")
+    callback = pickle.loads(pickle.dumps(MemberTensorboard(tmp_path / "tb")))  # the Tuner pickles it
+    trial = SimpleNamespace(trial_id="0", path=str(tmp_path / "trial_0"))
+    for epoch, loss in [(1, 0.9), (2, 0.8), (1, 0.7), (2, 0.5)]:  # failed after epoch 2, then retried
+        result = {"population": 1, "epoch": float(epoch), "m0/epoch": epoch, "m0/val_loss": loss}
+        callback.on_trial_result(0, [], trial, {**result, "m0/final_train_loss": 0.4} if loss == 0.5 else result)
+    callback.on_trial_complete(0, [], trial)
+    callback.on_experiment_end([])
     acc = EventAccumulator(str(tmp_path / "tb" / "trial_0" / "m0")).Reload()
     assert [(e.step, e.value) for e in acc.Scalars("final_train_loss")] == [(2, pytest.approx(0.4))]
-    assert [e.step for e in acc.Scalars("val_loss")] == [1, 2]
+    assert [(e.step, e.value) for e in acc.Scalars("val_loss")] == [(1, pytest.approx(0.7)), (2, pytest.approx(0.5))]

@@ -97,8 +97,9 @@ def estimate(s: dict[str, Any], data: Mnist, res: driver.Resources) -> float:
     split = to_device(subset(data, n_train=20 * s["batch_size"], n_eval=10), device)["train"]
     cfg = TrainConfig(batch_size=s["batch_size"], corruption=0.5)
     size = driver.population_size(s["population"], res, len(s["p"]) * s["repeats"])
-    if device.type == "cuda" and size > 1:
-        population.compile_kernels([spec(s, f, a) for f in s["families"] for a in s["activations"]], split, cfg)
+    if device.type == "cuda" and size > 1:  # on the trials' training split, whose size some kernels specialise on
+        population.compile_kernels([spec(s, f, a) for f in s["families"] for a in s["activations"]],
+                                   to_device(data, device)["train"], cfg)
     steps_per_run = s["epochs"] * -(-len(data.train_x) // s["batch_size"])
     per_run = {f: seconds_per_run_step(spec(s, f, s["activations"][0]), size, split, cfg) * steps_per_run
                for f in s["families"]}
