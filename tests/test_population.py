@@ -179,6 +179,9 @@ conv_pool._launch = lambda kernel, grid, *args, **kwargs: (launched.append(signa
                                                           launch(kernel, grid, *args, **kwargs))
 h, saved = conv_pool.forward_blocks(x, acts, params)
 conv_pool.backward_blocks(saved, torch.ones_like(h), [w.shape for w in params[::2]])
+evaluation = len(launched)
+conv_pool.forward_blocks(x, acts, params, save=False)
+launched, launched_eval = launched[:evaluation], launched[evaluation:]
 conv_pool._launch = launch
 compiled = []
 for kernel in {k for k, *_ in launched}:
@@ -187,8 +190,9 @@ conv_pool._compile_ahead(x, acts, params, backward=True)
 # a forward and backward's every kernel, with the arguments that key Triton's compilation, and nothing launched
 assert len(launched) == 5 and sorted(map(repr, compiled)) == sorted(map(repr, launched)), (launched, compiled)
 compiled.clear()
-conv_pool._compile_ahead(x, acts, params, backward=False)  # evaluation: the forward's kernels only
-assert sorted(map(repr, compiled)) == sorted(map(repr, launched[:2])), compiled
+conv_pool._compile_ahead(x, acts, params, backward=False)  # evaluation: forwards that save nothing
+assert len(launched_eval) == 2 and sorted(map(repr, compiled)) == sorted(map(repr, launched_eval)), compiled
+assert sorted(map(repr, launched_eval)) != sorted(map(repr, launched[:2]))
 assert getattr(conv_pool._ahead, "pool", None) is None
 """
 

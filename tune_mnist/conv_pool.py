@@ -176,7 +176,7 @@ if triton is not None:
 
     @batch_any_size
     def _forward(x_ptr, w_ptr, b_ptr, out_ptr, win_ptr, slope_ptr, B, C: tl.constexpr, CB: tl.constexpr,
-                 ACT: tl.constexpr, GPU: tl.constexpr, BLOCK: tl.constexpr):
+                 ACT: tl.constexpr, GPU: tl.constexpr, BLOCK: tl.constexpr, SAVE: tl.constexpr):
         r = tl.program_id(0)
         rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         w, bias = _weights(w_ptr, b_ptr, r, C, CB)
@@ -192,8 +192,9 @@ if triton is not None:
         at = (r * B * 196 + rows)[:, None] * C + c[None, :]  # out is (R, batch, 14, 14, C)
         keep = (rows < B * 196)[:, None] & (c < C)[None, :]
         tl.store(out_ptr + at, best, mask=keep)
-        tl.store(win_ptr + at, won.to(tl.int8), mask=keep)
-        tl.store(slope_ptr + at, slope, mask=keep)
+        if SAVE:
+            tl.store(win_ptr + at, won.to(tl.int8), mask=keep)
+            tl.store(slope_ptr + at, slope, mask=keep)
 
     @batch_any_size
     def _backward(x_ptr, win_ptr, g_ptr, dw_ptr, db_ptr, B, C: tl.constexpr, CB: tl.constexpr,
@@ -231,7 +232,7 @@ if triton is not None:
     @batch_any_size
     def _inner_forward(x_ptr, sr, sb, sy, sx, sc, w_ptr, b_ptr, out_ptr, won_ptr, slope_ptr, B, H, W,
                        CI: tl.constexpr, CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr,
-                       ACT: tl.constexpr, GPU: tl.constexpr, BM: tl.constexpr):
+                       ACT: tl.constexpr, GPU: tl.constexpr, BM: tl.constexpr, SAVE: tl.constexpr):
         """BM pooled positions (image, py, px) of member r: the conv at all four window positions as one
         (4 BM, C_in) @ (C_in, C_out) product per tap, then each window's largest and smallest pre-activation
         and the activation's max from them (_pool); x may be any strided (R, B, H, W, C_in)."""
@@ -266,8 +267,9 @@ if triton is not None:
         at = (r * n + rows)[:, None] * CO + co[None, :]  # out, won and slope are (R, B, PH, PW, C_out)
         keep = (rows < n)[:, None] & (co < CO)[None, :]
         tl.store(out_ptr + at, best, mask=keep)
-        tl.store(won_ptr + at, won.to(tl.int8), mask=keep)
-        tl.store(slope_ptr + at, slope, mask=keep)
+        if SAVE:
+            tl.store(won_ptr + at, won.to(tl.int8), mask=keep)
+            tl.store(slope_ptr + at, slope, mask=keep)
 
     @triton.jit
     def _tap_transposed(w_ptr, r, k, CI: tl.constexpr, CO: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr):
@@ -461,7 +463,7 @@ def _compile_ahead(x: torch.Tensor, acts: tuple[int, ...], params: Sequence[torc
         _ahead.started = []
         try:
             with torch.no_grad():
-                h, saved = forward_blocks(x, acts, params)
+                h, saved = forward_blocks(x, acts, params, save=backward)
                 if backward:
                     backward_blocks(saved, torch.empty_like(h), [w.shape for w in params[::2]])
         finally:
@@ -481,20 +483,28 @@ def gradient_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def _saved(out: torch.Tensor, save: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The winners and slopes a forward saves for its backward, or, for an evaluation, which saves neither, out
+    in their place (the kernel writes nothing there). Left unwritten, an 80-member CNN 32-64-128's evaluation of
+    val + test took 0.107 s instead of 0.121 on an H100 (GELU 0.155 instead of 0.184)."""
+    if not save:
+        return out, out
+    return torch.empty(out.shape, device=out.device, dtype=torch.int8), torch.empty(out.shape, device=out.device)
+
+
 class FirstBlock:
     """x (R, batch, 1, 28, 28), weight (R, C, 1, 3, 3), bias (R, C) -> (R, batch, 14, 14, C)."""
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: int,
-                dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                dtype: torch.dtype, save: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         R, B, C = x.shape[0], x.shape[1], weight.shape[1]
         x, weight, bias = x.reshape(R, B, 784).contiguous(), weight.contiguous(), bias.contiguous()
         out = torch.empty(R, B, 14, 14, C, device=x.device, dtype=dtype)
-        won = torch.empty(out.shape, device=x.device, dtype=torch.int8)
-        slope = torch.empty(out.shape, device=x.device)
+        won, slope = _saved(out, save)
         block = SPILLING_BLOCK if act in (ACTIVATIONS[nn.Tanh], ACTIVATIONS[nn.GELU]) else BLOCK
         _launch(_forward, (R, triton.cdiv(B * 196, block)), x, weight, bias, out, won, slope, B, C, width(C), act,
-                x.is_cuda, block, num_warps=WARPS)
+                x.is_cuda, block, save, num_warps=WARPS)
         return out, [x, won, slope]
 
     @staticmethod
@@ -518,19 +528,18 @@ class InnerBlock:
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: int,
-                dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                dtype: torch.dtype, save: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         R, B, H, W, CI = x.shape
         CO = weight.shape[1]
         taps = weight.permute(0, 3, 4, 2, 1).reshape(R, 9, CI, CO).contiguous()  # (R, tap, C_in, C_out)
         out = torch.empty(R, B, H // 2, W // 2, CO, device=x.device, dtype=dtype)
-        won = torch.empty(out.shape, device=x.device, dtype=torch.int8)
-        slope = torch.empty(out.shape, device=x.device)
+        won, slope = _saved(out, save)
         NB = width(CO)
         warps = min(8, max(4, NB // 16))
         BM = max(16, min(64, INNER_PAIRS_PER_WARP * warps // NB))
         grid = (R, triton.cdiv(out[0].numel() // CO, BM))
         _launch(_inner_forward, grid, x, *x.stride(), taps, bias.contiguous(), out, won, slope, B, H, W, CI, CO,
-                width(CI), NB, act, x.is_cuda, BM, num_warps=warps)
+                width(CI), NB, act, x.is_cuda, BM, save, num_warps=warps)
         return out, [x, taps, won, slope]
 
     @staticmethod
@@ -560,15 +569,15 @@ class InnerBlock:
         return x_g, dw, g.sum((1, 2, 3), dtype=torch.float32)
 
 
-def forward_blocks(x: torch.Tensor, acts: Sequence[int],
-                   params: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def forward_blocks(x: torch.Tensor, acts: Sequence[int], params: Sequence[torch.Tensor],
+                   save: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """x through the blocks (params: each block's kernels, then biases): the last block's output, and what
-    the backward needs."""
+    the backward needs (with save; nothing of use without)."""
     h, saved = x, []
     for i, act in enumerate(acts):
         # the last block's output goes to torch's dense layers in fp32
         dtype = torch.float16 if i + 1 < len(acts) else torch.float32
-        h, kept = (InnerBlock if i else FirstBlock).forward(h, params[2 * i], params[2 * i + 1], act, dtype)
+        h, kept = (InnerBlock if i else FirstBlock).forward(h, params[2 * i], params[2 * i + 1], act, dtype, save)
         saved += kept
     return h, saved
 
@@ -625,5 +634,5 @@ def blocks(x: torch.Tensor, params: Sequence[tuple[torch.Tensor, torch.Tensor, n
     if x.is_cuda and shapes not in _compiled and not torch.cuda.is_current_stream_capturing():
         _compile_ahead(x, acts, tensors, backward=training)
         _compiled.add(shapes)
-    h = Blocks.apply(x, acts, *tensors)
+    h = Blocks.apply(x, acts, *tensors) if training else forward_blocks(x, acts, tensors, save=False)[0]
     return h.permute(0, 1, 4, 2, 3).flatten(2)

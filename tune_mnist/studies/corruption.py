@@ -111,7 +111,7 @@ def estimate(s: dict[str, Any], data: Mnist, res: driver.Resources) -> float:
         concurrent = min(concurrent, ray.cluster_resources().get("GPU", 1))
     concurrent = max(1, int(concurrent))
     total = sum(per_run.values()) * runs_per_family / concurrent
-    parts = ", ".join(f"{f} {t:.1f}s/run" for f, t in per_run.items())
+    parts = ", ".join(f"{f} {t:.1f}s/run" if t >= 1 else f"{f} {t:.2f}s/run" for f, t in per_run.items())
     grouped = f", populations of {size}" if size > 1 else ""
     print(f"[corruption] estimate: {runs_per_family * len(per_run)} runs ({parts}{grouped}), {concurrent} at once "
           f"-> about {total / 60:.1f} min", flush=True)
