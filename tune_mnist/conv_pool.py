@@ -143,7 +143,7 @@ if triton is not None:
         forward took twice ReLU's when evaluated at all four). Where two pre-activations give the same
         activation (a saturated tanh or sigmoid) the larger wins rather than the first, which max_pool2d
         would pick: the slope there is zero or nearly, so the gradients barely differ."""
-        if ACT == 4:  # the slope at the winner only, one exp a window (40 members' epoch on an H100: 0.99 s, not 1.03)
+        if ACT == 4:  # the slope at the winner only, one exp a window: 40 members' epoch 0.99 s (1.03 on another H100)
             cdf_hi, cdf_lo = 1.0 + tl.erf(hi * 0.7071067811865476), 1.0 + tl.erf(lo * 0.7071067811865476)  # 2 Phi
             at_hi, at_lo = 0.5 * hi * cdf_hi, 0.5 * lo * cdf_lo
             take = (at_lo > at_hi) | ((at_lo == at_hi) & (lo_s < hi_s))  # ties keep the first, as max_pool2d
