@@ -97,7 +97,6 @@ def run_study(args: argparse.Namespace) -> int:
     require(s.get("train_limit", 0) >= 0 and s.get("eval_limit", 0) >= 0, "--train-limit/--eval-limit must be >= 0")
     data = mnist.subset(mnist.load(s.get("data")), s.get("train_limit") or None, s.get("eval_limit") or None)
     res = resources(s)
-    driver.import_dynamo_in_background()  # for the optimizers the study may build here, while Ray starts
     res = driver.connect(res)
     if s.get("storage"):
         res = dataclasses.replace(res, storage=storage.for_run(s["storage"], study.NAME, run_dir))

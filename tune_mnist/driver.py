@@ -8,14 +8,11 @@ and report every epoch with a checkpoint holding the weights and the optimizer.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import re
 import shutil
 import socket
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -134,15 +131,6 @@ def trial_slots(res: Resources) -> float:
     return slots
 
 
-def import_dynamo_in_background() -> None:
-    """Starts importing torch._dynamo in a thread. torch.optim imports it as it builds a process's first
-    optimizer, which waited for it: 4.5 s on an H100's host (0.9 s on a laptop). Begun before Ray starts (the
-    driver) or before a trial's CUDA start and model building (a worker's first trial), it is mostly done when
-    the optimizer is built."""
-    if "torch._dynamo" not in sys.modules:
-        threading.Thread(target=importlib.import_module, args=("torch._dynamo",)).start()
-
-
 def trial_device() -> torch.device:
     """The GPU Ray assigned to this trial (it sets CUDA_VISIBLE_DEVICES), else the CPU."""
     if torch.cuda.is_available() and ray.get_gpu_ids():
@@ -170,7 +158,6 @@ def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
     Checkpoints hold the initial weights too, so `finish(model, initial_state, splits)` (metrics added
     to the last report, e.g. transplant's layer swaps) sees the same start after a resume.
     """
-    import_dynamo_in_background()
     cfg = TrainConfig.from_config(config)
     device = trial_device()
     torch.manual_seed(cfg.seed)
@@ -228,7 +215,6 @@ def train_population_in_trial(config: dict[str, Any], data: Mnist, spec: dict[st
     Tune's metric. The last report's checkpoint holds each member's weights in m<r>/model.pt. A resumed
     population restarts from epoch 0: it is deterministic, so the result is the same.
     """
-    import_dynamo_in_background()
     cfg = TrainConfig.from_config(config)
     device = trial_device()
     members = [(m.get("p", 0.0), m["seed"]) for m in config["members"]]
