@@ -24,7 +24,7 @@ SPECS = {"mlp 256-128": {"family": "mlp", "widths": [256, 128], "activation": "r
 def separate(spec, splits, cfg, seeds, device):
     for seed in seeds:
         torch.manual_seed(seed)
-        model = models.build(spec).to(device)
+        model = models.build(spec, device)
         train_epoch(model, make_optimizer(model, cfg), splits["train"], cfg, 0)
 
 

@@ -55,13 +55,13 @@ def main():
     splits = to_device(data, device)
     cfg = TrainConfig(batch_size=args.batch_size, corruption=0.2)
     for label, spec in SPECS.items():
-        model = models.build(spec).to(device)
+        model = models.build(spec, device)
         train_epoch(model, make_optimizer(model, cfg), splits["train"], cfg, 0)  # warm-up (cuDNN, allocator)
-        naive, _ = timed(lambda: naive_epoch(models.build(spec).to(device), data, device, args.batch_size, 0.2), device)
+        naive, _ = timed(lambda: naive_epoch(models.build(spec, device), data, device, args.batch_size, 0.2), device)
         runs = {}
         for graphs in (False, True):  # same seed: the CUDA-graph epoch must match the eager one
             torch.manual_seed(0)
-            model = models.build(spec).to(device)
+            model = models.build(spec, device)
             runs[graphs] = timed(lambda: train_epoch(model, make_optimizer(model, cfg), splits["train"], cfg, 1,
                                                      graphs=graphs), device)
         (eager, eager_metrics), (ours, metrics) = runs[False], runs[True]

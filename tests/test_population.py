@@ -51,9 +51,16 @@ def test_member_weights_load_into_a_plain_model():
     torch.manual_seed(5)
     alone = models.build(spec)
     twin = models.build(spec)
-    twin.load_state_dict(population.member_states()[1])
+    twin.load_state_dict(population.member_state(1))
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(twin(x), alone(x))
+
+
+def test_a_short_split_ends_in_a_batch_as_large_as_the_whole_splits():
+    split = data.DeviceSplit(torch.rand(1000, 1, 28, 28), torch.zeros(1000, dtype=torch.long))
+    short = pop.same_kernels(split, 128)
+    assert len(short) == 3 * 128 + 1000 % 128 and torch.equal(short.x, split.x[:len(short)])
+    assert pop.same_kernels(split, 300) is split  # no shorter split has its last batch
 
 
 def test_a_diverging_member_fails_the_population(mnist):

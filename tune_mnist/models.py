@@ -91,22 +91,30 @@ def tiny_cnn_patches(x: torch.Tensor) -> torch.Tensor:
     return x[:, 0].unfold(1, 5, 2).unfold(2, 5, 2).permute(0, 3, 4, 1, 2).reshape(len(x), 25, 144)
 
 
-def build(spec: dict[str, Any]) -> nn.Module:
-    """The module for a spec; "init_scale" multiplies PyTorch's default initialisation (0 gives zeros)."""
-    family = spec.get("family")
-    if family == "mlp":
-        model = mlp(spec["widths"], spec.get("activation", "tanh"))
-    elif family == "cnn":
-        model = cnn(spec.get("channels", (32, 64)), spec.get("hidden", 128), spec.get("activation", "relu"))
-    elif family == "tiny_cnn":
-        model = tiny_cnn()
-    else:
-        raise UserError(f"unknown model family {family!r}; choose from {', '.join(FAMILIES)}")
+def build(spec: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
+    """The module for a spec; "init_scale" multiplies PyTorch's default initialisation (0 gives zeros).
+
+    Its weights are made and initialised on `device`, from that device's generator: on an H100's host, 80
+    MLPs 1024-512-256 drawn on the CPU and copied over took 0.9 s of a population trial.
+    """
+    with torch.device(device):
+        model = _build(spec)
     if spec.get("init_scale", 1.0) != 1.0:
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(spec["init_scale"])
     return model
+
+
+def _build(spec: dict[str, Any]) -> nn.Module:
+    family = spec.get("family")
+    if family == "mlp":
+        return mlp(spec["widths"], spec.get("activation", "tanh"))
+    if family == "cnn":
+        return cnn(spec.get("channels", (32, 64)), spec.get("hidden", 128), spec.get("activation", "relu"))
+    if family == "tiny_cnn":
+        return tiny_cnn()
+    raise UserError(f"unknown model family {family!r}; choose from {', '.join(FAMILIES)}")
 
 
 def n_params(model: nn.Module) -> int:

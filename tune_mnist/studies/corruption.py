@@ -17,7 +17,7 @@ import torch
 from ray import tune
 
 from tune_mnist import driver, models, plots, population
-from tune_mnist.data import DeviceSplit, Mnist, subset, to_device
+from tune_mnist.data import DeviceSplit, Mnist, to_device
 from tune_mnist.errors import require
 from tune_mnist.files import read_table, write_csv
 from tune_mnist.train import TrainConfig, epoch_loop, make_optimizer
@@ -77,7 +77,7 @@ def seconds_per_run_step(spec: dict[str, Any], size: int, split: DeviceSplit, cf
         pop = population.Population(spec, range(size), split.x.device)
         run = population.epoch_loop(pop, population.make_optimizer(pop, cfg), split, cfg, [cfg.corruption] * size)
     else:
-        model = models.build(spec).to(split.x.device)
+        model = models.build(spec, split.x.device)
         run = epoch_loop(model, make_optimizer(model, cfg), split, cfg)
     run(0)
     start = time.perf_counter()
@@ -94,12 +94,12 @@ def estimate(s: dict[str, Any], data: Mnist, res: driver.Resources) -> float:
     (population.compile_kernels), so that no trial waits to compile its own.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    split = to_device(subset(data, n_train=20 * s["batch_size"], n_eval=10), device)["train"]
+    train = to_device(data, device)["train"]
     cfg = TrainConfig(batch_size=s["batch_size"], corruption=0.5)
     size = driver.population_size(s["population"], res, len(s["p"]) * s["repeats"])
     if device.type == "cuda" and size > 1:  # on the trials' training split, whose size some kernels specialise on
-        population.compile_kernels([spec(s, f, a) for f in s["families"] for a in s["activations"]],
-                                   to_device(data, device)["train"], cfg)
+        population.compile_kernels([spec(s, f, a) for f in s["families"] for a in s["activations"]], train, cfg)
+    split = population.same_kernels(train, s["batch_size"], batches=20)  # timing it compiles nothing more
     steps_per_run = s["epochs"] * -(-len(data.train_x) // s["batch_size"])
     per_run = {f: seconds_per_run_step(spec(s, f, s["activations"][0]), size, split, cfg) * steps_per_run
                for f in s["families"]}
