@@ -1,5 +1,6 @@
 """A population of R members equals R separate runs of the same seeds, member by member."""
 
+import json
 import os
 from dataclasses import replace
 
@@ -61,6 +62,17 @@ def test_a_short_split_ends_in_a_batch_as_large_as_the_whole_splits():
     short = pop.same_kernels(split, 128)
     assert len(short) == 3 * 128 + 1000 % 128 and torch.equal(short.x, split.x[:len(short)])
     assert pop.same_kernels(split, 300) is split  # no shorter split has its last batch
+
+
+def test_kernels_asked_for_again_are_waited_for_not_compiled_again(mnist):
+    train = data.to_device(data.subset(mnist, 300, 10), "cpu")["train"]
+    spec, cfg = {"family": "mlp", "widths": [8], "activation": "relu"}, TrainConfig(batch_size=64, corruption=0.5)
+    pop.compile_kernels([spec], train, cfg, wait=False)  # as corruption's prepare does, before Ray starts
+    started = {k: v for k, v in pop._compiling.items() if k[1] == json.dumps(spec, sort_keys=True)}
+    pop.compile_kernels([spec], train, cfg)
+    again = {k: v for k, v in pop._compiling.items() if k[1] == json.dumps(spec, sort_keys=True)}
+    assert len(started) == 2 and again == started
+    assert all(f.done() and f.exception() is None for f in started.values())
 
 
 def test_a_diverging_member_fails_the_population(mnist):

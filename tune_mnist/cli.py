@@ -1,9 +1,9 @@
 """Command line: `python -m tune_mnist <study> [flags]`, plus `export RUN_DIR`.
 
 Everything the studies share happens here, in this order, so bad input never leaves a trace:
-parse -> merge the study's space file with flags -> check -> load data -> reach Ray -> create the
-run folder -> run the study -> print one summary line. A UserError anywhere before the run folder
-exists prints one line and exits 2.
+parse -> merge the study's space file with flags -> check -> load data -> the study's prepare, if it has one
+(work started in the background while Ray starts) -> reach Ray -> create the run folder -> run the study ->
+print one summary line. A UserError anywhere before the run folder exists prints one line and exits 2.
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ def run_study(args: argparse.Namespace) -> int:
     require(s.get("train_limit", 0) >= 0 and s.get("eval_limit", 0) >= 0, "--train-limit/--eval-limit must be >= 0")
     data = mnist.subset(mnist.load(s.get("data")), s.get("train_limit") or None, s.get("eval_limit") or None)
     res = resources(s)
+    if hasattr(study, "prepare"):  # work that needs no cluster (compiling kernels) goes on while Ray starts
+        study.prepare(s, data)
     res = driver.connect(res)
     if s.get("storage"):
         res = dataclasses.replace(res, storage=storage.for_run(s["storage"], study.NAME, run_dir))

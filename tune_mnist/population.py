@@ -13,9 +13,10 @@ own mean losses.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -189,7 +190,12 @@ def epoch_loop(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit, 
     return run
 
 
-def compile_kernels(specs: Sequence[dict[str, Any]], train: DeviceSplit, cfg: TrainConfig) -> None:
+# The compilations started in this process, by what they compile, so that a second call waits for the first's
+_compiling: dict[tuple, Future] = {}
+_compiler: ThreadPoolExecutor | None = None
+
+
+def compile_kernels(specs: Sequence[dict[str, Any]], train: DeviceSplit, cfg: TrainConfig, wait: bool = True) -> None:
     """Compiles the Triton kernels that populations of these specs train and evaluate with, all at once.
 
     Triton compiles a kernel at its first launch, and every activation has kernels of its own: on a fresh H100
@@ -198,8 +204,11 @@ def compile_kernels(specs: Sequence[dict[str, Any]], train: DeviceSplit, cfg: Tr
     each spec run in threads of their own, as the compiler lets go of the GIL; the kernels land in Triton's disk
     cache, where the trials' workers find them. No kernel takes the member count, so two members compile what
     R would. Training and evaluation compile apart (their forwards differ) and took one after the other 27 s for
-    one CNN 32-64-128 on an H100's host, so they run at once.
+    one CNN 32-64-128 on an H100's host, so they run at once. With wait=False it returns while they compile; a
+    later call for the same specs and split waits for them rather than compiling again.
     """
+    global _compiler
+
     def step(spec: dict[str, Any]) -> None:
         pop = Population(spec, [0, 1], train.x.device)
         epoch_loop(pop, make_optimizer(pop, cfg), same_kernels(train, cfg.batch_size), cfg, [cfg.corruption] * 2,
@@ -208,8 +217,16 @@ def compile_kernels(specs: Sequence[dict[str, Any]], train: DeviceSplit, cfg: Tr
     def evaluation(spec: dict[str, Any]) -> None:
         evaluate(Population(spec, [0, 1], train.x.device), train, cfg.inputs)
 
-    with ThreadPoolExecutor(2 * len(specs)) as pool:
-        for done in [pool.submit(job, spec) for spec in specs for job in (step, evaluation)]:
+    _compiler = _compiler or ThreadPoolExecutor(16, thread_name_prefix="compile")
+    started = []
+    for spec in specs:
+        for job in (step, evaluation):
+            key = (job.__name__, json.dumps(spec, sort_keys=True), str(train.x.device), len(train), cfg.batch_size)
+            if key not in _compiling:
+                _compiling[key] = _compiler.submit(job, spec)
+            started.append(_compiling[key])
+    if wait:
+        for done in started:
             done.result()
 
 

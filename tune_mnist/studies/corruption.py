@@ -85,21 +85,40 @@ def seconds_per_run_step(spec: dict[str, Any], size: int, split: DeviceSplit, cf
     return (time.perf_counter() - start) / -(-len(split) // cfg.batch_size) / size
 
 
+def probe_config(s: dict[str, Any]) -> TrainConfig:
+    """The training settings that the estimate compiles and times the trials' steps with."""
+    return TrainConfig(batch_size=s["batch_size"], corruption=0.5)
+
+
+def kernels(s: dict[str, Any], data: Mnist, wait: bool = True) -> None:
+    """Compiles every family and activation's kernels (population.compile_kernels) on the trials' training split,
+    whose size some kernels specialise on."""
+    population.compile_kernels([spec(s, f, a) for f in s["families"] for a in s["activations"]],
+                               to_device(data, "cuda")["train"], probe_config(s), wait)
+
+
+def prepare(s: dict[str, Any], data: Mnist) -> None:
+    """Before Ray starts: where the trials will train populations on this machine's GPU, their kernels start
+    compiling, so that they compile while Ray starts (5-6 s on an H100's host); estimate waits for them."""
+    if torch.cuda.is_available() and s["population"] != 1 and s.get("gpus_per_trial") != 0:
+        kernels(s, data, wait=False)
+
+
 def estimate(s: dict[str, Any], data: Mnist, res: driver.Resources) -> float:
     """Seconds the campaign should take: runs x measured seconds per run / concurrent trials.
 
     Times 20 training steps of each family (its first activation) as the trials train it: populations of the
     trials' size, or one net. Trials on a cluster's GPUs will be faster than this machine's device, so on a
     cluster this is an upper bound. On a GPU it first compiles every family and activation's kernels at once
-    (population.compile_kernels), so that no trial waits to compile its own.
+    (or waits for those prepare started), so that no trial waits to compile its own.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train = to_device(data, device)["train"]
-    cfg = TrainConfig(batch_size=s["batch_size"], corruption=0.5)
+    cfg = probe_config(s)
     size = driver.population_size(s["population"], res, len(s["p"]) * s["repeats"])
-    if device.type == "cuda" and size > 1:  # on the trials' training split, whose size some kernels specialise on
-        population.compile_kernels([spec(s, f, a) for f in s["families"] for a in s["activations"]], train, cfg)
-    split = population.same_kernels(train, s["batch_size"], batches=20)  # timing it compiles nothing more
+    if device.type == "cuda" and size > 1:
+        kernels(s, data)
+    # 20 batches that launch the kernels the trials' epochs do, so that timing them compiles nothing more
+    split = population.same_kernels(to_device(data, device)["train"], s["batch_size"], batches=20)
     steps_per_run = s["epochs"] * -(-len(data.train_x) // s["batch_size"])
     per_run = {f: seconds_per_run_step(spec(s, f, s["activations"][0]), size, split, cfg) * steps_per_run
                for f in s["families"]}
