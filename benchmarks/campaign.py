@@ -81,7 +81,9 @@ def main():
         campaign, how = extrapolate(runs, started, ended, args.repeats, args.population)
         total += campaign
         summary = [line for line in done.stdout.splitlines() if line.startswith("STUDY=")]
-        print(f"{family}: {how} -> 1,200 runs in about {campaign / 60:.1f} min   {summary[-1]}", flush=True)
+        waited = [line.split("[corruption] ")[1] for line in done.stdout.splitlines() if "kernels ready" in line]
+        print(f"{family}: {how} -> 1,200 runs in about {campaign / 60:.1f} min   {summary[-1]}   {' '.join(waited)}",
+              flush=True)
     print(f"campaign of 2,400 runs, extrapolated from R={args.repeats} of 40 repeats: {total / 60:.1f} min", flush=True)
 
 

@@ -116,7 +116,11 @@ def estimate(s: dict[str, Any], data: Mnist, res: driver.Resources) -> float:
     cfg = probe_config(s)
     size = driver.population_size(s["population"], res, len(s["p"]) * s["repeats"])
     if device.type == "cuda" and size > 1:
+        print(f"[corruption] compiling the kernels of {', '.join(s['families'])} x {', '.join(s['activations'])} "
+              "(Triton keeps them on this machine for later runs)", flush=True)
+        start = time.perf_counter()
         kernels(s, data)
+        print(f"[corruption] kernels ready ({time.perf_counter() - start:.1f} s waited once Ray was up)", flush=True)
     # 20 batches that launch the kernels the trials' epochs do, so that timing them compiles nothing more
     split = population.same_kernels(to_device(data, device)["train"], s["batch_size"], batches=20)
     steps_per_run = s["epochs"] * -(-len(data.train_x) // s["batch_size"])
