@@ -90,18 +90,18 @@ def probe_config(s: dict[str, Any]) -> TrainConfig:
     return TrainConfig(batch_size=s["batch_size"], corruption=0.5)
 
 
-def kernels(s: dict[str, Any], data: Mnist, wait: bool = True) -> None:
+def kernels(s: dict[str, Any], train: DeviceSplit, wait: bool = True) -> None:
     """Compiles every family and activation's kernels (population.compile_kernels) on the trials' training split,
     whose size some kernels specialise on."""
-    population.compile_kernels([spec(s, f, a) for f in s["families"] for a in s["activations"]],
-                               to_device(data, "cuda")["train"], probe_config(s), wait)
+    population.compile_kernels([spec(s, f, a) for f in s["families"] for a in s["activations"]], train,
+                               probe_config(s), wait)
 
 
 def prepare(s: dict[str, Any], data: Mnist) -> None:
     """Before Ray starts: where the trials will train populations on this machine's GPU, their kernels start
     compiling, so that they compile while Ray starts (5-6 s on an H100's host); estimate waits for them."""
     if torch.cuda.is_available() and s["population"] != 1 and s.get("gpus_per_trial") != 0:
-        kernels(s, data, wait=False)
+        kernels(s, to_device(data, "cuda")["train"], wait=False)
 
 
 def estimate(s: dict[str, Any], data: Mnist, res: driver.Resources) -> float:
@@ -113,20 +113,21 @@ def estimate(s: dict[str, Any], data: Mnist, res: driver.Resources) -> float:
     (or waits for those prepare started), so that no trial waits to compile its own.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = probe_config(s)
+    train, cfg = to_device(data, device)["train"], probe_config(s)
     size = driver.population_size(s["population"], res, len(s["p"]) * s["repeats"])
     if device.type == "cuda" and size > 1:
         print(f"[corruption] compiling the kernels of {', '.join(s['families'])} x {', '.join(s['activations'])} "
               "(Triton keeps them on this machine for later runs)", flush=True)
         start = time.perf_counter()
-        kernels(s, data)
+        kernels(s, train)
         print(f"[corruption] kernels ready ({time.perf_counter() - start:.1f} s waited once Ray was up)", flush=True)
     # 20 batches that launch the kernels the trials' epochs do, so that timing them compiles nothing more
-    split = population.same_kernels(to_device(data, device)["train"], s["batch_size"], batches=20)
+    split = population.same_kernels(train, s["batch_size"], batches=20)
     steps_per_run = s["epochs"] * -(-len(data.train_x) // s["batch_size"])
     per_run = {f: seconds_per_run_step(spec(s, f, s["activations"][0]), size, split, cfg) * steps_per_run
                for f in s["families"]}
     if device.type == "cuda":
+        del train, split
         torch.cuda.empty_cache()  # the trials' memory, not the driver's
     runs_per_family = len(s["activations"]) * len(s["p"]) * s["repeats"]
     concurrent = min(driver.trial_slots(res), res.max_concurrent or 10**9)
