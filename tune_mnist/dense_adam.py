@@ -21,8 +21,8 @@ from tune_mnist.kernels import tl, triton
 
 # A program updates BM output rows by BN input columns of a weight, BK batch rows a product. On an H100, the four
 # layers' updates of 80 MLPs 1024-512-256 at batch 128 take 1.13 ms with 32 x 64 and 4 warps, 1.19-1.20 with
-# 32 x 128 and 8 warps (the best for 40 members), 1.18 with 16 x 128, 1.26-1.30 with 16 x 64, 1.39-1.50 with
-# x 256 and 1.8-2.4 with 64-row tiles, whose weight, moments and gradient tiles no longer fit in registers.
+# 32 x 128 and 8 warps (the best for 40 members), 1.18 with 16 x 128, 1.26-1.30 with 16 x 64, 1.39-2.09 with
+# 256 columns and 1.8-2.4 with 64-row tiles, whose weight, moments and gradient tiles no longer fit in registers.
 # BK 16 or 64, loading the weight and moments before the product, and eviction hints (the moments streamed,
 # the gradient and input kept in L2): no faster. The members are the grid's last axis, so that programs
 # launched together share a member's gradient and input tiles: 1.04 ms against 1.12 with the members first

@@ -221,7 +221,8 @@ def compile_kernels(specs: Sequence[dict[str, Any]], train: DeviceSplit, cfg: Tr
     started = []
     for spec in specs:
         for job in (step, evaluation):
-            key = (job.__name__, json.dumps(spec, sort_keys=True), str(train.x.device), len(train), cfg.batch_size)
+            # what the job's kernels depend on: the optimizer (dense Adam or not) and inputs as well as the batch
+            key = (job.__name__, json.dumps(spec, sort_keys=True), str(train.x.device), len(train), repr(cfg))
             if key not in _compiling:
                 _compiling[key] = _compiler.submit(job, spec)
             started.append(_compiling[key])
