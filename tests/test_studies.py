@@ -61,6 +61,22 @@ def test_corruption_p1_is_chance_and_p0_learns(corruption_run):
     assert row["std"] == pytest.approx(runs.std(ddof=0)) and row["stderr"] == pytest.approx(runs.std(ddof=1) / 2 ** 0.5)
 
 
+def test_corruption_estimate_compiles_and_times_with_the_trials_optimizer(tmp_path):
+    """The estimate compiles the kernels the trials will launch: with SGD no population runs dense Adam's."""
+    from tune_mnist.studies import corruption
+    from tune_mnist.train import TrainConfig
+
+    space = (REPO / "tune_mnist/search_spaces/corruption.toml").read_text()
+    space = space.replace('optimizer = "adam"', 'optimizer = "sgd"').replace("lr = 1e-3", "lr = 0.05")
+    (tmp_path / "sgd.toml").write_text(space)
+    s = cli.settings(cli.build_parser().parse_args(["corruption", "--space", str(tmp_path / "sgd.toml"),
+                                                   "--weight-decay", "0.01", "--batch-size", "64"]))
+    probe = corruption.probe_config(s)
+    trial = TrainConfig.from_config({k: s[k] for k in corruption.TRAINING})
+    assert (probe.optimizer, probe.lr, probe.weight_decay, probe.batch_size) == ("sgd", 0.05, 0.01, 64)
+    assert probe == TrainConfig(**{**trial.as_dict(), "corruption": 0.5})
+
+
 def test_corruption_population_equals_separate_trials(corruption_run, results, capsys):
     """--population 4: each trial trains 4 (p, seed) runs stacked; every run matches its separate trial."""
     started = time.time()

@@ -25,6 +25,7 @@ from tune_mnist.train import TrainConfig, epoch_loop, make_optimizer
 NAME = "corruption"
 HELP = "activations x MLP/CNN x pixel-corruption p x repeats: mean, std, stderr per cell"
 FAMILIES = ("mlp", "cnn")
+TRAINING = ("epochs", "batch_size", "optimizer", "lr", "weight_decay")  # the settings every trial trains with
 
 
 def spec(s: dict[str, Any], family: str, act: str = "relu") -> dict[str, Any]:
@@ -86,8 +87,9 @@ def seconds_per_run_step(spec: dict[str, Any], size: int, split: DeviceSplit, cf
 
 
 def probe_config(s: dict[str, Any]) -> TrainConfig:
-    """The training settings that the estimate compiles and times the trials' steps with."""
-    return TrainConfig(batch_size=s["batch_size"], corruption=0.5)
+    """The trials' training settings, which the estimate compiles and times their steps with: the optimizer
+    decides which kernels run (a population's dense layers take Adam and AdamW inside a kernel, SGD in torch)."""
+    return TrainConfig.from_config({**{k: s[k] for k in TRAINING}, "corruption": 0.5})
 
 
 def kernels(s: dict[str, Any], train: DeviceSplit, wait: bool = True) -> None:
@@ -163,8 +165,7 @@ def report(run_dir: Path, out: Path | None = None) -> None:
 
 def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
     estimate(s, data, res)
-    space = {k: s[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "mlp_widths",
-                                "cnn_channels", "cnn_hidden")}
+    space = {k: s[k] for k in (*TRAINING, "mlp_widths", "cnn_channels", "cnn_hidden")}
     space.update(family=tune.grid_search(s["families"]), activation=tune.grid_search(s["activations"]))
     per_run = driver.run_grouped(
         trainable, population_trainable, run_dir, "grid", res, data, space,
