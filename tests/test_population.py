@@ -68,11 +68,23 @@ def test_kernels_asked_for_again_are_waited_for_not_compiled_again(mnist):
     train = data.to_device(data.subset(mnist, 300, 10), "cpu")["train"]
     spec, cfg = {"family": "mlp", "widths": [8], "activation": "relu"}, TrainConfig(batch_size=64, corruption=0.5)
     pop.compile_kernels([spec], train, cfg, wait=False)  # as corruption's prepare does, before Ray starts
-    started = {k: v for k, v in pop._compiling.items() if k[1] == json.dumps(spec, sort_keys=True)}
+    key = json.dumps(pop.kernel_spec(spec), sort_keys=True)
+    started = {k: v for k, v in pop._compiling.items() if k[1] == key}
     pop.compile_kernels([spec], train, cfg)
-    again = {k: v for k, v in pop._compiling.items() if k[1] == json.dumps(spec, sort_keys=True)}
+    again = {k: v for k, v in pop._compiling.items() if k[1] == key}
     assert len(started) == 2 and again == started
     assert all(f.done() and f.exception() is None for f in started.values())
+
+
+def test_kernels_are_compiled_once_for_the_activations_that_share_them(mnist):
+    """An MLP's kernels do not take its activation, so a campaign's MLPs compile them once; a CNN's fused blocks do."""
+    train = data.to_device(data.subset(mnist, 300, 10), "cpu")["train"]
+    cfg = TrainConfig(batch_size=48, corruption=0.5)
+    for family, shape in (("mlp", {"widths": [8]}), ("cnn", {"channels": [2], "hidden": 4})):
+        specs = [{"family": family, **shape, "activation": act} for act in ("relu", "tanh", "gelu")]
+        before = set(pop._compiling)
+        pop.compile_kernels(specs, train, cfg)
+        assert len(set(pop._compiling) - before) == (2 if family == "mlp" else 6), family  # training and evaluation
 
 
 def test_a_diverging_member_fails_the_population(mnist):

@@ -190,6 +190,12 @@ def epoch_loop(pop: Population, opt: torch.optim.Optimizer, train: DeviceSplit, 
     return run
 
 
+def kernel_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of a spec that a population's Triton kernels depend on. Only the CNN's fused conv blocks take
+    the activation; an MLP's activations run in torch, so its kernels (corruption, dense Adam) serve them all."""
+    return {k: v for k, v in spec.items() if k != "activation" or spec["family"] != "mlp"}
+
+
 # The compilations started in this process, by what they compile, so that a second call waits for the first's
 _compiling: dict[tuple, Future] = {}
 _compiler: ThreadPoolExecutor | None = None
@@ -198,7 +204,7 @@ _compiler: ThreadPoolExecutor | None = None
 def compile_kernels(specs: Sequence[dict[str, Any]], train: DeviceSplit, cfg: TrainConfig, wait: bool = True) -> None:
     """Compiles the Triton kernels that populations of these specs train and evaluate with, all at once.
 
-    Triton compiles a kernel at its first launch, and every activation has kernels of its own: on a fresh H100
+    Triton compiles a kernel at its first launch, and a CNN's every activation has kernels of its own: on a fresh H100
     a campaign's first trial of each activation waited for them (CNN 32-64-128: 9 s for relu, 5 s for tanh and
     for GELU), one activation after another. Here the training and the evaluation of a two-member population of
     each spec run in threads of their own, as the compiler lets go of the GIL; the kernels land in Triton's disk
@@ -222,7 +228,8 @@ def compile_kernels(specs: Sequence[dict[str, Any]], train: DeviceSplit, cfg: Tr
     for spec in specs:
         for job in (step, evaluation):
             # what the job's kernels depend on: the optimizer (dense Adam or not) and inputs as well as the batch
-            key = (job.__name__, json.dumps(spec, sort_keys=True), str(train.x.device), len(train), repr(cfg))
+            key = (job.__name__, json.dumps(kernel_spec(spec), sort_keys=True), str(train.x.device), len(train),
+                   repr(cfg))
             if key not in _compiling:
                 _compiling[key] = _compiler.submit(job, spec)
             started.append(_compiling[key])
