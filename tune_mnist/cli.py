@@ -1,9 +1,10 @@
-"""Command line: `python -m tune_mnist <study> [flags]`, plus `export RUN_DIR`.
+"""Command line: `python -m tune_mnist <study> [flags]`, `export RUN_DIR`, `report RUN_DIR`.
 
-Everything the studies share happens here, in this order, so bad input never leaves a trace:
-parse -> merge the study's space file with flags -> check -> load data -> the study's prepare, if it has one
-(work started in the background while Ray starts) -> reach Ray -> create the run folder -> run the study ->
-print one summary line. A UserError anywhere before the run folder exists prints one line and exits 2.
+Everything the studies share happens here, in this order, so that bad input never leaves a trace:
+parse -> settings (the study's TOML, its [smoke] table, the flags) -> check -> load data -> the study's prepare,
+if it has one (work started while Ray starts) -> reach Ray (with GPUs, the TOML's [gpu] table applies) -> create
+the run folder -> run the study -> print one summary line. A UserError anywhere before the run folder exists
+prints one line and exits 2.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from tune_mnist import data as mnist
-from tune_mnist import driver, runs, spaces, storage
+from tune_mnist import report, runs, settings, storage
 from tune_mnist.errors import UserError, require
 from tune_mnist.files import read_table
 from tune_mnist.studies import budget, registry
+from tune_mnist.tuning import cluster
 
 STUDIES = registry()
-RESOURCE_FLAGS = ("address", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
+RESOURCES = ("address", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
 
 
 class Parser(argparse.ArgumentParser):
@@ -31,80 +33,66 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="folder with the MNIST idx files (default: $TUNE_MNIST_DATA, then ./data)")
-    p.add_argument("--results", default="results", help="results root (default ./results)")
-    p.add_argument("--name", help="run name (default: a timestamp)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run of this study")
-    p.add_argument("--space", help="search space TOML (default: the study's file in tune_mnist/search_spaces)")
-    p.add_argument("--smoke", action="store_true", help="tiny data and epochs: checks the pipeline in a minute")
-    p.add_argument("--train-limit", type=int, help="use only this many training images (0: all)")
-    p.add_argument("--eval-limit", type=int, help="use only this many val and test images (0: all)")
-    p.add_argument("--storage", help="a folder every node mounts, or a URI (s3://bucket/path): trials, "
-                                     "TensorBoard files and a copy of the run folder go there")
-    p.add_argument("--address", default="local", help="'local' (start Ray here), 'auto' or ray://host:10001")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, help="GPU share of a trial (default: 0.5 if the cluster has "
-                                                         "GPUs, else 0); 0.25 packs four trials on a GPU")
-    p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as resources allow)")
-    p.add_argument("--max-failures", type=int, default=0, help="retries of a trial that raised")
-
-
 def build_parser() -> Parser:
     parser = Parser(prog="tune_mnist", description="Ray Tune + Optuna studies of MNIST-scale networks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name, module in STUDIES.items():
         p = sub.add_parser(name, help=module.HELP, description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(p)
-        add_common(p)
-    p = sub.add_parser("export", help="export the best models of a finished run")
+        settings.Space(module.Settings, name).add_flags(p)
+        p.add_argument("--smoke", action="store_true", help="tiny data and epochs: checks the pipeline in a minute")
+        p.add_argument("--space", metavar="FILE", help="a TOML whose keys replace the study's defaults")
+        p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run of this study")
+    p = sub.add_parser("export", help="export the best models of a finished budget run")
     p.add_argument("run_dir")
     p.add_argument("--top", type=int, default=1, help="models per P (default 1)")
+    p = sub.add_parser("report", help="draw a finished run's figures and REPORT.md again")
+    p.add_argument("run_dir")
     return parser
 
 
-def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The study's space file, its [smoke] table with --smoke, then every flag that was given."""
-    s = spaces.load(args.command, args.space)
-    smoke = s.pop("smoke", {})
-    if args.smoke:
-        s.update(smoke)
-    s.update({k: v for k, v in vars(args).items() if v is not None and k not in ("smoke",)})
-    return s
-
-
-def resources(s: dict[str, Any]) -> driver.Resources:
-    require(s["cpus_per_trial"] > 0, f"--cpus-per-trial must be > 0, got {s['cpus_per_trial']}")
-    require(s.get("gpus_per_trial") is None or s["gpus_per_trial"] >= 0,
-            f"--gpus-per-trial must be >= 0, got {s.get('gpus_per_trial')}")
-    require(s["max_failures"] >= 0, f"--max-failures must be >= 0, got {s['max_failures']}")
-    return driver.Resources(**{k: s.get(k) for k in RESOURCE_FLAGS})
+def check(s: settings.Common) -> None:
+    require(s.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {s.cpus_per_trial}")
+    require(s.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, got {s.gpus_per_trial}")
+    require(s.max_failures >= 0, f"--max-failures must be >= 0, got {s.max_failures}")
+    require(s.train_limit >= 0 and s.eval_limit >= 0, "--train-limit/--eval-limit must be >= 0")
+    if s.storage:
+        storage.resolve(s.storage)  # an unknown scheme or bucket fails here, before anything is written
 
 
 def run_study(args: argparse.Namespace) -> int:
     study = STUDIES[args.command]
+    space = settings.Space(study.Settings, study.NAME, args.space)
     if args.resume:
         run_dir = Path(args.resume)
-        s = runs.read(run_dir, study.NAME)["args"]
-        s.update({k: getattr(args, k) for k in RESOURCE_FLAGS})  # the cluster may differ on resume
+        saved = runs.read(run_dir, study.NAME)["settings"]
+        given = {k: getattr(args, k) for k in RESOURCES if getattr(args, k) is not None}  # the cluster may differ
+        s = settings.build(study.Settings, {**saved, **given})
     else:
-        s = settings(args)
-        run_dir = runs.new_run_dir(Path(s["results"]), study.NAME, s.get("name"))
+        s = space.settings(args, args.smoke)
+        run_dir = runs.new_run_dir(Path(s.results), study.NAME, s.name or None)
+
+    def on_gpus() -> Any:  # the TOML's [gpu] table, where no flag overrides it
+        with_gpu = space.settings(args, args.smoke, gpu=True)
+        study.check(with_gpu)
+        return with_gpu
+
+    check(s)
     study.check(s)
-    if s.get("storage"):
-        storage.resolve(s["storage"])  # an unknown scheme or bucket fails here, before anything is written
-    require(s.get("train_limit", 0) >= 0 and s.get("eval_limit", 0) >= 0, "--train-limit/--eval-limit must be >= 0")
-    data = mnist.subset(mnist.load(s.get("data")), s.get("train_limit") or None, s.get("eval_limit") or None)
-    res = resources(s)
+    data = mnist.subset(mnist.load(s.data or None), s.train_limit or None, s.eval_limit or None)
+    local_gpu = s.address == "local" and not args.resume and cluster.local_gpu()
+    s = on_gpus() if local_gpu else s
     if hasattr(study, "prepare"):  # work that needs no cluster (compiling kernels) goes on while Ray starts
         study.prepare(s, data)
-    res = driver.connect(res)
-    if s.get("storage"):
-        res = dataclasses.replace(res, storage=storage.for_run(s["storage"], study.NAME, run_dir))
+    if cluster.connect(s.address) and not args.resume and not local_gpu:
+        s = on_gpus()
+    res = cluster.Resources(s.address, s.cpus_per_trial, s.gpus_per_trial, s.max_concurrent, s.max_failures)
+    cluster.check(res)
+    if s.storage:
+        res = dataclasses.replace(res, storage=storage.for_run(s.storage, study.NAME, run_dir))
         storage.check(res.storage)
     if not args.resume:
-        runs.start(run_dir, study.NAME, s)
+        runs.start(run_dir, study.NAME, dataclasses.asdict(s), ["python", "-m", "tune_mnist", *args.argv])
     print(f"tune_mnist {study.NAME}: run folder {run_dir}" + (f", shared copy {res.storage}" if res.storage else ""),
           flush=True)
     start = time.time()
@@ -123,18 +111,27 @@ def export(args: argparse.Namespace) -> int:
     require((run_dir / "trials.csv").is_file(), f"{run_dir} has no trials.csv: the run has not finished")
     require(args.top >= 1, f"--top must be >= 1, got {args.top}")
     best = budget.export(run_dir, read_table(run_dir / "trials.csv"), args.top)
-    if meta["args"].get("storage"):
-        storage.upload(run_dir, storage.for_run(meta["args"]["storage"], budget.NAME, run_dir))
+    if meta["settings"].get("storage"):
+        storage.upload(run_dir, storage.for_run(meta["settings"]["storage"], budget.NAME, run_dir))
     for P, entries in best.items():
         for e in entries:
             print(f"P={P} rank={e['rank']} widths={e['widths']} test_acc={e['test_acc']:.4f} -> {run_dir / e['file']}")
     return 0
 
 
+def redraw(args: argparse.Namespace) -> int:
+    for path in report.redraw(args.run_dir):
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # run.json records the exact command
+    commands = {"export": export, "report": redraw}
     try:
-        return export(args) if args.command == "export" else run_study(args)
+        return commands.get(args.command, run_study)(args)
     except UserError as e:
         print(f"tune_mnist: error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from tune_mnist import conv_pool
 from tune_mnist.errors import UserError
 from tune_mnist.files import atomic_save
 
@@ -43,24 +42,7 @@ def mlp(widths: Sequence[int], act: str = "tanh", d_in: int = 784, n_out: int = 
     return nn.Sequential(*layers)
 
 
-class CNN(nn.Sequential):
-    """models.cnn's layers. On a GPU the (conv, activation, pool) blocks run as the Triton kernels of
-    conv_pool.py, as a population's do (an epoch of the 32-64 CNN on an H100: 1.2x-1.3x faster at batch
-    128, 1.5x at 512); the weights and state_dict are nn.Sequential's."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layers = list(self)
-        n = conv_pool.fusable_blocks(layers, x.device) if x.shape[-2:] == (28, 28) else 0
-        if not n:
-            return super().forward(x)
-        h = conv_pool.blocks(x.unsqueeze(0), [(conv.weight.unsqueeze(0), conv.bias.unsqueeze(0), act)
-                                              for conv, act in zip(layers[0:3 * n:3], layers[1:3 * n:3])])[0]
-        for layer in layers[3 * n + 1:]:
-            h = layer(h)
-        return h
-
-
-def cnn(channels: Sequence[int] = (32, 64), hidden: int = 128, act: str = "relu") -> CNN:
+def cnn(channels: Sequence[int] = (32, 64), hidden: int = 128, act: str = "relu") -> nn.Sequential:
     """3x3 conv + 2x2 max-pool blocks on 28x28 inputs, then an optional hidden dense layer."""
     layers: list[nn.Module] = []
     side, c_in = 28, 1
@@ -73,7 +55,7 @@ def cnn(channels: Sequence[int] = (32, 64), hidden: int = 128, act: str = "relu"
         layers += [nn.Linear(flat, hidden), activation(act)]
         flat = hidden
     layers.append(nn.Linear(flat, 10))
-    return CNN(*layers)
+    return nn.Sequential(*layers)
 
 
 def tiny_cnn() -> nn.Sequential:
@@ -94,8 +76,8 @@ def tiny_cnn_patches(x: torch.Tensor) -> torch.Tensor:
 def build(spec: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
     """The module for a spec; "init_scale" multiplies PyTorch's default initialisation (0 gives zeros).
 
-    Its weights are made and initialised on `device`, from that device's generator: on an H100's host, 80
-    MLPs 1024-512-256 took 0.05-0.08 s for a population trial, against 0.64 s drawn on the CPU and copied over.
+    Its weights are made and initialised on `device`, from that device's generator: a population's members
+    are built where they train, ten times faster than drawn on the host and copied over.
     """
     with torch.device(device):
         model = _build(spec)

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from tune_mnist import kernels, screen
+from tune_mnist import kernels
+from tune_mnist.kernels import screen
 from tune_mnist.data import DeviceSplit, Mnist, to_device
 from tune_mnist.models import tiny_cnn_patches
 
@@ -109,11 +110,6 @@ def search_splits(data: Mnist, n_train: int, n_val: int, n_test: int, data_seed:
     pick = {"train": order[:a], "val": order[a:b], "test": order[b:b + n_test]}
     parts = Mnist(*(t for name in ("train", "val", "test") for t in (x[pick[name]], y[pick[name]])))
     return to_device(parts, device)
-
-
-def default_nets_per_step(device: torch.device) -> int:
-    """Big steps amortise the GPU's per-step costs (launches, syncs); a CPU step should still take a second."""
-    return 65_536 if device.type == "cuda" else 1_024
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""Run folders: results/<study>/<run>/, each with run.json (the arguments, versions) as its birth certificate.
+"""Run folders: results/<study>/<run>/, each with run.json (settings, command, versions) as its birth certificate.
 
-run.json is what makes a folder a run: `--resume` and `export` refuse any folder without one,
-and resume reads the study's arguments back from it so the continued run is the same run.
+run.json is what makes a folder a run: `--resume` and `export` refuse any folder without one, and resume reads
+the study's settings back from it, so that the continued run is the same run.
 """
 
 from __future__ import annotations
@@ -25,13 +25,18 @@ def new_run_dir(results: Path, study: str, name: str | None) -> Path:
     return run_dir
 
 
-def start(run_dir: Path, study: str, args: dict[str, Any]) -> None:
-    import ray
-    import torch
+def versions() -> dict[str, str]:
+    """The versions of what a run's numbers depend on."""
+    from importlib.metadata import version
 
+    return {"python": platform.python_version(),
+            **{name: version(name) for name in ("tune_mnist", "torch", "ray", "optuna", "numpy")}}
+
+
+def start(run_dir: Path, study: str, settings: dict[str, Any], command: list[str]) -> None:
     write_json(run_dir / RUN_FILE, {
-        "study": study, "args": args, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
+        "study": study, "settings": settings, "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions(),
     })
 
 

@@ -71,6 +71,17 @@ def fetch(location: str, target: str) -> None:
         out.write(src.read())
 
 
+def read_checkpoint(location: str) -> dict:
+    """A checkpoint file (a local path or URI) as tensors and plain containers, loaded without running code."""
+    import io
+
+    import torch
+
+    fs, path = resolve(location)
+    with fs.open_input_stream(path) as src:
+        return torch.load(io.BytesIO(src.read()), map_location="cpu", weights_only=True)
+
+
 def checkpoint_location(checkpoint: "ray.tune.Checkpoint") -> str:  # noqa: F821
     """A checkpoint's folder as a string that `fetch` reads back: a path if local, else a URI."""
     if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):

@@ -1,39 +1,41 @@
-"""The one training loop every study uses: data resident on the device, no host sync inside an epoch.
+"""The one trainer: a population's members train together, data resident on the device, no host sync inside an epoch.
 
-Each epoch draws its permutation from a generator seeded by (seed, epoch) and its corruption noise
-from a hash of (seed, epoch, image, pixel), so a run resumed from an epoch checkpoint continues
-exactly as the uninterrupted run would have.
+A single net is a population of one. Each member draws its epoch's shuffle from a generator seeded by (seed,
+epoch) and its corruption noise from a hash of (seed, epoch, image, pixel), so member r of any population,
+resumed or not, trains exactly as its own run would. The members share one step: the loss is the sum of their
+own mean losses, so each gets its own gradient, and the optimizer updates each with its own lr and weight decay.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from tune_mnist import corrupt_kernel, kernels
-from tune_mnist.data import DeviceSplit
+from tune_mnist import kernels, noise
+from tune_mnist.data import DeviceSplit, scale_inputs
+from tune_mnist.optim import Optimizer
+from tune_mnist.population import Member, Population, structure
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-EVAL_CHUNK = 8192
+# Member-images per evaluation chunk: every member's activations are alive at once, and larger chunks
+# amortise the launches of a small net's forward.
+EVAL_CHUNK = 32768
 
 
 @dataclass
 class TrainConfig:
+    """What every member of a population trains with (Member holds what may differ)."""
+
     epochs: int = 3
     batch_size: int = 128       # 0 means full batch
     optimizer: str = "adam"     # adam | adamw | sgd
-    lr: float = 1e-3
     momentum: float = 0.0       # sgd only
-    weight_decay: float = 0.0
-    seed: int = 0
-    corruption: float = 0.0     # probability that a training pixel is replaced by U[0, 1], drawn afresh each time
     inputs: str = "unit"        # unit: x in [0, 1]; center: x - 0.5; standard: (x - mean) / std
     eval_every: int = 1         # evaluate and report every n epochs (and always after the last)
 
@@ -47,130 +49,31 @@ class TrainConfig:
         return asdict(self)
 
 
-def prepare(x: torch.Tensor, inputs: str) -> torch.Tensor:
-    if inputs == "unit":
-        return x
-    if inputs == "center":
-        return x - 0.5
-    if inputs == "standard":
-        return (x - MNIST_MEAN) / MNIST_STD
-    raise ValueError(f"unknown input scaling {inputs!r}")
-
-
-def run_key(seed: int, epoch: int) -> int:
-    """One number per (run, epoch): seeds the epoch's shuffle and keys its corruption noise."""
-    return seed * 1_000_003 + epoch
-
-
-def _signed(c: int) -> int:
-    return c - (1 << 64) if c >= 1 << 63 else c
-
-
-SPLITMIX = [_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)]
-
-
-def _hash(z: torch.Tensor) -> torch.Tensor:
-    """splitmix64's finaliser on int64 (wrapping multiplies; shifts masked to be logical, not arithmetic)."""
-    z = z * SPLITMIX[0]
-    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * SPLITMIX[1]
-    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * SPLITMIX[2]
-    return z ^ ((z >> 31) & ((1 << 33) - 1))
-
-
-def noise_keys(p: Sequence[float], seeds: Sequence[int], epoch: int,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """One epoch's corruption for R runs as device tensors, made once per epoch (not per step: a
-    host-to-device copy each step would stall the loop); None when no run is corrupted."""
-    if max(p) <= 0:
-        return None
-    threshold = torch.tensor([q * 2**24 for q in p], device=device, dtype=torch.float64).view(-1, 1, 1)
-    runs = torch.tensor([run_key(s, epoch) for s in seeds], device=device).view(-1, 1, 1) << 36
-    return threshold, runs
-
-
-def refill_keys(keys: tuple[torch.Tensor, torch.Tensor] | None, p: Sequence[float], seeds: Sequence[int],
-                epoch: int) -> None:
-    """Puts epoch's corruption keys into the tensors of noise_keys that a captured step reads."""
-    if keys is not None:
-        for old, new in zip(keys, noise_keys(p, seeds, epoch, keys[0].device)):
-            old.copy_(new)
-
-
-def corrupt(x: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor] | None, samples: torch.Tensor) -> torch.Tensor:
-    """Replaces each pixel of runs' batches x (R, batch, ...) by U[0, 1) with probability p[r].
-
-    The draws come from a counter-based hash of (seed, epoch, sample index, pixel), not from a
-    generator's stream: R runs draw theirs in one pass, a run's noise is the same whether it trains
-    alone (R = 1) or in a population (what makes a member equal its separate run), and a CUDA graph
-    can replay the draws. `keys` comes from noise_keys; samples (R, batch) are the images' indices.
-    """
-    if keys is None:
-        return x
-    threshold, runs = keys
-    if kernels.available(x.device):
-        return corrupt_kernel.corrupt(x, threshold, runs, samples)
-    R, batch, pixels = x.shape[0], x.shape[1], x[0, 0].numel()
-    z = _hash(runs + (samples.unsqueeze(-1) << 10) + torch.arange(pixels, device=x.device))
-    replace = ((z >> 40) & 0xFFFFFF) < threshold
-    noise = (z & 0xFFFFFF).to(x.dtype) / 2**24
-    return torch.where(replace, noise, x.view(R, batch, pixels)).view(x.shape)
-
-
-def make_optimizer(model: nn.Module | list[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """For a module, or for the stacked parameter tensors of a population.
-
-    On a GPU the fused implementations update every parameter in one kernel instead of dozens, and
-    Adam is made capturable (its step count lives on the GPU) so a CUDA graph can replay it.
-    """
-    params = list(model.parameters() if isinstance(model, nn.Module) else model)
-    gpu = params[0].is_cuda or None
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=gpu, capturable=bool(gpu))
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=gpu, capturable=bool(gpu))
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=gpu)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, split: DeviceSplit, inputs: str = "unit") -> dict[str, float]:
-    """Mean cross-entropy and accuracy over a whole split."""
-    was_training = model.training
-    model.eval()
-    loss = torch.zeros((), device=split.x.device)
-    correct = torch.zeros((), device=split.x.device, dtype=torch.long)
-    for i in range(0, len(split), EVAL_CHUNK):
-        logits = model(prepare(split.x[i:i + EVAL_CHUNK], inputs))
-        y = split.y[i:i + EVAL_CHUNK]
-        loss += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    model.train(was_training)
-    n = len(split)
-    return {"loss": loss.item() / n, "acc": correct.item() / n}
-
-
 def use_tf32() -> None:
-    """Matmuls in TF32 on a GPU, as PyTorch already runs cuDNN convolutions by default.
-
-    Measured on an H100 (16 members, 3 epochs, 20% corruption): MLP populations train 15-18% faster
-    and mean test accuracy moves by less than 0.001 (0.9718 vs 0.9715 for MLP 1024-512-256).
-    """
+    """Matmuls in TF32 on a GPU, as PyTorch already runs cuDNN convolutions: populations train 15-18% faster
+    and their mean test accuracy moves by less than 0.001."""
     torch.backends.cuda.matmul.allow_tf32 = True
 
 
-class GraphedStep:
-    """Calls step(idx) (gather, corrupt, forward, backward, optimizer step, running sums), on a GPU
-    replayed from a CUDA graph.
+def make_optimizer(pop: Population, cfg: TrainConfig) -> Optimizer:
+    """The population's optimizer, each member with its lr and weight decay; its kernel, where it runs, takes
+    the dense weights' updates into their backward."""
+    dense = [name for name, p in pop.params.items() if name.endswith(".weight") and p.dim() == 3]
+    pop.optimizer = Optimizer(pop.params, cfg.optimizer, [m.lr for m in pop.members],
+                              [m.weight_decay for m in pop.members], cfg.momentum, dense)
+    return pop.optimizer
 
-    A small net's training step is dozens of kernels that each take less GPU time than the host needs
-    to launch them; replaying one captured graph launches them all at once (3.4x for the 32-64 CNN at
-    batch 128 on an H100). The first `warmup` calls run eagerly on a side stream, as CUDA graph capture
-    requires; then the step is captured once for the full batch shape and replayed with the new batch
-    indices copied into its static input. Other shapes (a last partial batch) and CPU tensors run
-    eagerly. The step should drop its gradients (zero_grad(set_to_none=True)): captured so, backward
-    writes them into the graph's own memory on every replay instead of zeroing and adding to them (on an
-    H100, 7% off an epoch of 40 stacked MLPs 1024-512-256, 8% off one MLP 256-128 at batch 128).
+
+class GraphedStep:
+    """Calls step(idx) (gather, corrupt, forward, backward, optimizer step, running sums), on a GPU replayed
+    from a CUDA graph.
+
+    A small net's training step is dozens of kernels that each take less GPU time than the host needs to
+    launch them; replaying one captured graph launches them all at once. The first `warmup` calls run eagerly
+    on a side stream, as capture requires; then the step is captured once for the full batch shape and
+    replayed with the new batch indices copied into its static input. Other shapes (a last partial batch)
+    and CPU tensors run eagerly. The step drops its gradients (set to None): captured so, backward writes
+    them into the graph's own memory on every replay instead of zeroing and adding to them.
     """
 
     def __init__(self, step: Callable[[torch.Tensor], None], warmup: int = 3):
@@ -199,91 +102,165 @@ class GraphedStep:
         return None
 
 
-def epoch_generator(cfg: TrainConfig, epoch: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(run_key(cfg.seed, epoch))
+@torch.inference_mode()
+def evaluate(pop: Population, split: DeviceSplit, inputs: str = "unit") -> list[dict[str, float]]:
+    """Each member's mean cross-entropy and accuracy over a whole split."""
+    loss = torch.zeros(len(pop), device=split.x.device)
+    correct = torch.zeros(len(pop), device=split.x.device, dtype=torch.long)
+    chunk = max(64, EVAL_CHUNK // len(pop))
+    for i in range(0, len(split), chunk):
+        logits = pop(scale_inputs(split.x[i:i + chunk], inputs), shared=True)
+        y = split.y[i:i + chunk].expand(len(pop), -1)
+        loss += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(pop), -1).sum(1)
+        correct += (logits.argmax(-1) == y).sum(1)
+    n = len(split)
+    return [{"loss": l / n, "acc": c / n} for l, c in zip(loss.tolist(), correct.tolist())]
 
 
-def check_finite(loss: float, cfg: TrainConfig, epoch: int) -> float:
-    """A diverged run fails loudly: Tune records the trial as failed and the study goes on."""
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"training loss is {loss} in epoch {epoch + 1} (lr={cfg.lr}): the run diverged")
-    return loss
+def epoch_loop(pop: Population, opt: Optimizer, train: DeviceSplit, cfg: TrainConfig,
+               graphs: bool = True) -> Callable[[int], list[dict[str, float]]]:
+    """run(epoch): one pass of every member over the training split; one metrics dict per member.
 
-
-def epoch_loop(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit, cfg: TrainConfig,
-               graphs: bool = True) -> Callable[[int], dict[str, float]]:
-    """run(epoch): one pass over the training split; losses stay on the device until the epoch ends.
-
-    Every epoch replays one captured step: the corruption keys and running sums it reads are refilled in
-    place (a graph captured each epoch took 3 eager steps and a capture: 0.03 s an epoch on an H100).
+    Every epoch replays one captured step: the corruption keys and running sums it reads are refilled in place.
     graphs=False runs every step eagerly (the benchmarks compare the two).
     """
     device = train.x.device
-    n = len(train)
+    n, R = len(train), len(pop)
     batch = cfg.batch_size or n
-    keys = noise_keys([cfg.corruption], [cfg.seed], 0, device)
-    total = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    seeds, corruption = [m.seed for m in pop.members], [m.corruption for m in pop.members]
+    keys = noise.keys(corruption, seeds, 0, device)
+    total = torch.zeros(R, device=device)
+    correct = torch.zeros(R, device=device, dtype=torch.long)
 
     def step(idx: torch.Tensor) -> None:
-        # a full-batch step sees every image whatever the order: skip the copy a permuted gather makes
-        x, y = (train.x, train.y) if batch >= n else (train.x[idx], train.y[idx])
-        samples = torch.arange(n, device=device) if batch >= n else idx
-        logits = model(prepare(corrupt(x[None], keys, samples[None])[0], cfg.inputs))
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if batch >= n:  # a full batch sees every image whatever the order: no gathered copy
+            idx = torch.arange(n, device=device).expand(R, n)
+            x, y = train.x.expand(R, *train.x.shape), train.y.expand(R, n)
+        else:
+            x, y = train.x[idx], train.y[idx]
+        logits = pop(scale_inputs(noise.corrupt(x, keys, idx), cfg.inputs))
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(R, -1).mean(1)
+        opt.zero_grad()
+        losses.sum().backward()
         opt.step()
-        total.add_(loss.detach() * len(y))
-        correct.add_((logits.argmax(1) == y).sum())
+        total.add_(losses.detach() * y.shape[1])
+        correct.add_((logits.argmax(-1) == y).sum(1))
 
     graphed = GraphedStep(step) if graphs else step
 
-    def run(epoch: int) -> dict[str, float]:
-        refill_keys(keys, [cfg.corruption], [cfg.seed], epoch)
+    def run(epoch: int) -> list[dict[str, float]]:
+        noise.refill(keys, corruption, seeds, epoch)
         total.zero_()
         correct.zero_()
-        model.train()
-        order = torch.randperm(n, device=device, generator=epoch_generator(cfg, epoch, device))
+        if batch >= n:
+            orders = torch.empty(R, n, dtype=torch.long, device=device)  # replaced by the step's own arange
+        else:
+            orders = torch.stack([torch.randperm(n, device=device, generator=epoch_generator(s, epoch, device))
+                                  for s in seeds])
         for i in range(0, n, batch):
-            graphed(order[i:i + batch])
-        return {"train_loss": check_finite(total.item() / n, cfg, epoch), "train_acc": correct.item() / n}
+            graphed(orders[:, i:i + batch])
+        return [{"train_loss": t / n, "train_acc": c / n} for t, c in zip(total.tolist(), correct.tolist())]
 
     return run
 
 
-def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train: DeviceSplit, cfg: TrainConfig,
-                epoch: int, graphs: bool = True) -> dict[str, float]:
-    """One epoch of epoch_loop."""
-    return epoch_loop(model, opt, train, cfg, graphs)(epoch)
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(noise.run_key(seed, epoch))
 
 
-EpochHook = Callable[[dict[str, float]], None]
+class Trainer:
+    """Trains a population epoch by epoch; between epochs it can let members go (successive halving, divergence)."""
+
+    def __init__(self, pop: Population, splits: dict[str, DeviceSplit], cfg: TrainConfig,
+                 opt: Optimizer | None = None):
+        self.pop, self.splits, self.cfg = pop, splits, cfg
+        self.opt = opt or make_optimizer(pop, cfg)
+        self.run = epoch_loop(pop, self.opt, splits["train"], cfg)
+
+    def epochs(self, start: int = 0) -> Iterator[list[dict[str, float]]]:
+        """Trains to cfg.epochs from epoch `start`, yielding the members' metrics after each evaluated epoch.
+
+        Per member: running train loss/acc, val and test loss/acc; after the last epoch also final_train_loss/acc
+        on the full training split with the final weights. A member whose training loss is no longer finite has
+        diverged: its metrics get "error", and the caller lets it go (keep); when all have, FloatingPointError.
+        """
+        cfg = self.cfg
+        for epoch in range(start, cfg.epochs):
+            begun = time.perf_counter()
+            metrics = [{"epoch": epoch + 1, **m} for m in self.run(epoch)]
+            diverged = [m for m in metrics if not math.isfinite(m["train_loss"])]
+            if len(diverged) == len(metrics):
+                lrs = sorted({m.lr for m in self.pop.members})
+                raise FloatingPointError(f"training loss is {metrics[0]['train_loss']} in epoch {epoch + 1} "
+                                         f"(lr={lrs}): the run diverged")
+            last = epoch + 1 == cfg.epochs
+            if (epoch + 1) % cfg.eval_every and not last and not diverged:
+                continue
+            for name in ("val", "test", "train") if last else ("val", "test"):
+                key = "final_train" if name == "train" else name
+                for m, result in zip(metrics, evaluate(self.pop, self.splits[name], cfg.inputs)):
+                    m[f"{key}_loss"], m[f"{key}_acc"] = result["loss"], result["acc"]
+            for m in metrics:
+                m["epoch_seconds"] = (time.perf_counter() - begun) / len(metrics)
+                if not math.isfinite(m["train_loss"]):
+                    m["error"] = f"diverged in epoch {epoch + 1}: training loss {m['train_loss']}"
+            yield metrics
+
+    def keep(self, positions: Sequence[int]) -> None:
+        """Only the members at these positions train on."""
+        if len(positions) == len(self.pop):
+            return
+        self.pop.keep(positions)
+        self.opt.keep(torch.tensor(list(positions), device=self.pop.device))
+        self.opt.rebind(self.pop.params)
+        self.run = epoch_loop(self.pop, self.opt, self.splits["train"], self.cfg)
 
 
-def fit(model: nn.Module, splits: dict[str, DeviceSplit], cfg: TrainConfig,
-        on_epoch: EpochHook | None = None, opt: torch.optim.Optimizer | None = None,
-        start_epoch: int = 0) -> dict[str, float]:
-    """Trains for cfg.epochs (from start_epoch), calling on_epoch with each epoch's metrics.
-
-    Per epoch: running train loss/acc, val and test loss/acc. After the last epoch the metrics also
-    hold final_train_loss/acc, measured on the full training split with the final weights.
-    """
-    opt = opt or make_optimizer(model, cfg)
-    run = epoch_loop(model, opt, splits["train"], cfg)
-    metrics: dict[str, float] = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        start = time.perf_counter()
-        metrics = {"epoch": epoch + 1, **run(epoch)}
-        if (epoch + 1) % cfg.eval_every and epoch + 1 != cfg.epochs:
-            continue
-        for name in ("val", "test"):
-            result = evaluate(model, splits[name], cfg.inputs)
-            metrics[f"{name}_loss"], metrics[f"{name}_acc"] = result["loss"], result["acc"]
-        if epoch + 1 == cfg.epochs:
-            final = evaluate(model, splits["train"], cfg.inputs)
-            metrics["final_train_loss"], metrics["final_train_acc"] = final["loss"], final["acc"]
-        metrics["epoch_seconds"] = time.perf_counter() - start
-        if on_epoch:
-            on_epoch(metrics)
+def fit(pop: Population, splits: dict[str, DeviceSplit], cfg: TrainConfig) -> list[dict[str, float]]:
+    """Trains every member to the end, letting diverged ones go; the last evaluated epoch's metrics."""
+    trainer, metrics = Trainer(pop, splits, cfg), []
+    for metrics in trainer.epochs():
+        trainer.keep([r for r, m in enumerate(metrics) if "error" not in m])
     return metrics
+
+
+def kernel_key(member: Member, train: DeviceSplit, cfg: TrainConfig) -> str:
+    """What a population's Triton kernels depend on: an MLP's activation and widths run in torch, so one MLP's
+    kernels (corruption, Adam) serve them all; a CNN's fused blocks take its channels and activation."""
+    spec = structure(member.spec)
+    if spec["family"] == "mlp":
+        spec = {"family": "mlp"}
+    return json.dumps([spec, str(train.x.device), len(train), cfg.batch_size, cfg.optimizer, cfg.inputs,
+                       member.corruption > 0], sort_keys=True)
+
+
+def compile_ahead(members: Sequence[Member], train: DeviceSplit, cfg: TrainConfig, wait: bool = True) -> None:
+    """Compiles the Triton kernels that populations like these members' train and evaluate with, all at once.
+
+    Triton compiles a kernel at its first launch, and each CNN activation has kernels of its own: without this,
+    a campaign's first trial of each activation waits for them, one activation after another. Here a
+    two-member population of each kind trains an epoch on a short split, and another evaluates, each in a
+    thread of its own (the compiler lets go of the GIL); the kernels land in Triton's disk cache, where the
+    trials' workers find them. No kernel takes the member count, so two members compile what R would. With
+    wait=False it returns while they compile; asked again, it waits for them rather than compiling again.
+    """
+    def training(member: Member) -> None:
+        pop = Population([member, member], train.x.device)
+        epoch_loop(pop, make_optimizer(pop, cfg), same_kernels(train, cfg.batch_size), cfg, graphs=False)(0)
+
+    def evaluation(member: Member) -> None:
+        evaluate(Population([member, member], train.x.device), train, cfg.inputs)
+
+    started = [kernels.in_background((job.__name__, kernel_key(m, train, cfg)), lambda m=m, job=job: job(m))
+               for m in members for job in (training, evaluation)]
+    if wait:
+        for done in started:
+            done.result()
+
+
+def same_kernels(train: DeviceSplit, batch: int, batches: int = 3) -> DeviceSplit:
+    """The first images of a split, as many as make an epoch launch the kernels that an epoch of the whole split
+    does: `batches` full batches and a last one as large as the split's. Triton compiles a kernel for the
+    integers it is passed by whether they divide by 16, and the split's size is the batch orders' stride."""
+    n = batches * batch + len(train) % batch
+    return train if n >= len(train) else DeviceSplit(train.x[:n], train.y[:n])

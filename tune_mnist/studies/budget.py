@@ -1,201 +1,257 @@
 """budget: at a fixed parameter count P, which MLP shape trains best?
 
-Stage 1 is a grid over depth k with the uniform width m_P(k) (plus the 7,850-parameter linear model,
-k = 0, as the reference); stage 2 is Optuna over layer-size vectors (uniform, decreasing, increasing,
-free) held within 1% of P by construction, with ASHA stopping the bad ones early.
+Stage 1 is a grid over depth k at the uniform width m_P(k), with the 7,850-parameter linear model (k = 0) as the
+reference. Stage 2 is Optuna over layer-size vectors (uniform, decreasing, increasing, free) held within 1% of P
+by construction, with depth, activation, lr and weight decay: each Ray trial trains a population of Optuna
+trials of one depth and activation, stopping its worst members early (successive halving). Stage 3 trains the
+best configurations again with several seeds, with and without their weight decay, so that the answers
+(does a non-uniform shape beat uniform? does weight decay help?) come with intervals.
 
-    python -m tune_mnist budget --P 25000 50000 100000 --trials 30
+    python -m tune_mnist budget --P 25000 50000 100000 --trials 200
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
+import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
-from tune_mnist import budget, driver, plots, storage
+from tune_mnist import closed_form, models, storage
 from tune_mnist.data import Mnist
 from tune_mnist.errors import require
 from tune_mnist.files import atomic_write, read_table, write_csv, write_json
-from tune_mnist.models import ACTIVATIONS
+from tune_mnist.population import Member
+from tune_mnist.settings import Common
+from tune_mnist.train import TrainConfig
+from tune_mnist.tuning import cluster, runner, search, trial
+from tune_mnist.studies import budget_report as answers
 
 NAME = "budget"
-HELP = "fixed parameter budget: depth grid, then Optuna over layer-size vectors"
-COLUMNS = ["P", "stage", "k", "widths", "shape", "activation", "lr", "weight_decay", "seed"]
+HELP = "fixed parameter budget: depth grid, Optuna over layer-size vectors as populations, confirmation with seeds"
+SHAPES = ("uniform", "decreasing", "increasing", "free")
+CONFIG = ["k", "widths", "shape", "activation", "lr", "weight_decay"]  # what makes a configuration
 
 
-class ResumableOptunaSearch(OptunaSearch):
-    """OptunaSearch that survives `--resume` after a hard kill.
-
-    A trial that finished between Ray's last experiment snapshot and the kill was already told to
-    Optuna (the journal is written at once); Ray runs it again on resume, and Ray's OptunaSearch then
-    reports to a finished Optuna trial, which raises and stops the study. Its first result stands.
-    """
-
-    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            self._completed_trials.add(trial_id)  # Ray's own guard: later results and completion are dropped
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--P", type=int, nargs="+", help="parameter budgets (default 100000; smallest 805)")
-    p.add_argument("--trials", type=int, help="Optuna trials per P in stage 2 (default 12; 0 skips stage 2)")
-    p.add_argument("--seeds", type=int, help="seeds per depth in stage 1 (default 2)")
-    driver.add_population_argument(p, "stage-1 seeds of a depth")
-    p.add_argument("--max-depth", type=int, help="largest k of the stage-1 grid (default 32)")
-    p.add_argument("--epochs", type=int, help="epochs per trial (default 5)")
-    p.add_argument("--activation", help="stage-1 activation (default tanh)")
-    p.add_argument("--linear-run", help="a finished `linear` run whose best training loss is the plot's reference "
-                                        "(default: this run's own k=0 trials)")
+@dataclass
+class Settings(Common):
+    P: list[int]
+    epochs: int
+    batch_size: int
+    optimizer: str
+    population: int
+    max_depth: int
+    seeds: int
+    lr: float
+    activation: str
+    trials: int
+    search_population: int
+    optuna_max_depth: int
+    shapes: list[str]
+    activations: list[str]
+    ratio: list[float]
+    lr_range: list[float]
+    weight_decay_range: list[float]
+    prune_grace: int
+    prune_factor: int
+    confirm_top: int
+    confirm_seeds: int
 
 
-def check(s: dict[str, Any]) -> None:
-    for P in s["P"]:
-        require(P >= budget.MIN_P, f"P={P} is too small: the smallest MLP (k=1, m=1) has {budget.MIN_P} parameters")
-    require(s["trials"] >= 0, f"--trials must be >= 0, got {s['trials']}")
-    require(s["seeds"] >= 1, f"--seeds must be >= 1, got {s['seeds']}")
-    require(s["max_depth"] >= 1, f"--max-depth must be >= 1, got {s['max_depth']}")
-    driver.check_population(s)
-    require(s["epochs"] >= 1, f"--epochs must be >= 1, got {s['epochs']}")
-    for act in [s["activation"], *s["activations"]]:
-        require(act in ACTIVATIONS, f"unknown activation {act!r}; choose from {', '.join(ACTIVATIONS)}")
-    if s.get("linear_run"):
-        require((Path(s["linear_run"]) / "trials.csv").is_file(), f"{s['linear_run']} is not a finished linear run")
-    for shape in s["shapes"]:
-        require(shape in ("uniform", "decreasing", "increasing", "free"), f"unknown shape family {shape!r}")
+def check(s: Settings) -> None:
+    for P in s.P:
+        require(P >= closed_form.MIN_P, f"P={P} is too small: the smallest MLP (k=1, m=1) has {closed_form.MIN_P} "
+                                        "parameters")
+    for name in ("epochs", "seeds", "max_depth", "population", "search_population", "optuna_max_depth",
+                 "prune_grace", "prune_factor", "confirm_seeds"):
+        require(getattr(s, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
+    require(s.trials >= 0, f"--trials must be >= 0, got {s.trials}")
+    require(s.confirm_top >= 0, f"--confirm-top must be >= 0, got {s.confirm_top}")
+    require(s.optimizer in ("adam", "adamw"), f"--optimizer must be adam or adamw, got {s.optimizer!r}")
+    for act in [s.activation, *s.activations]:
+        require(act in models.ACTIVATIONS, f"unknown activation {act!r}; choose from {', '.join(models.ACTIVATIONS)}")
+    for shape in s.shapes:
+        require(shape in SHAPES, f"unknown shape family {shape!r}; choose from {', '.join(SHAPES)}")
+    for name in ("ratio", "lr_range", "weight_decay_range"):
+        low, high = getattr(s, name)
+        require(0 < low <= high, f"--{name.replace('_', '-')} must be two numbers 0 < low <= high")
 
 
-def widths_of(config: dict[str, Any]) -> list[int]:
-    if "widths" in config:
-        return budget.parse_widths(config["widths"])
-    k = config["k"]
-    return [budget.width_for(k, config["P"])] * k if k else []
-
-
-def net(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The trial's MLP spec and the columns that describe it."""
-    widths = widths_of(config)
-    if config["stage"] == "optuna":  # stage 1 takes m_P(k) as it is: the closest uniform net can miss by more
-        params = budget.count(widths)
-        if abs(params - config["P"]) > budget.TOLERANCE * config["P"]:
-            raise ValueError(f"widths {widths} have {params} parameters, more than 1% from P={config['P']}")
-    spec = {"family": "mlp", "widths": widths, "activation": config["activation"]}
-    return spec, {"P": config["P"], "k": len(widths), "widths": budget.format_widths(widths),
-                  "shape": config.get("shape", "uniform"), "stage": config["stage"]}
-
+# ----------------------------------------------------------------------------------------------------------------
+# Trials: every stage's trial is a population of MLPs of one depth and activation
 
 def trainable(config: dict[str, Any], data: Mnist) -> None:
-    driver.train_in_trial(config, data, *net(config))
+    """A population of the config's members, each an MLP with its widths, lr and weight decay; in stage 2 the
+    population stops its worst members early."""
+    members = [Member({"family": "mlp", "widths": closed_form.parse_widths(e["widths"]), "activation": e["activation"]},
+                      seed=e["seed"], lr=e["lr"], weight_decay=e["weight_decay"]) for e in config["members"]]
+    cfg = TrainConfig(epochs=config["epochs"], batch_size=config["batch_size"], optimizer=config["optimizer"])
+    stops = halving(config["prune_grace"], config["prune_factor"], cfg.epochs) if config["stage"] == "optuna" else None
+    trial.train(data, members, cfg, {"P": config["P"], "stage": config["stage"]}, halving=stops)
 
 
-def population_trainable(config: dict[str, Any], data: Mnist) -> None:
-    spec, extra = net(config)
-    driver.train_population_in_trial(config, data, spec, extra)
+def halving(grace: int, factor: int, epochs: int) -> trial.Halving:
+    """Successive halving inside a population: at epochs grace, grace * factor, ... (before the last) only the best
+    1/factor of the members, by validation loss, go on."""
+    rungs = {grace * factor ** i for i in range(64) if grace * factor ** i < epochs} if factor > 1 else set()
+
+    def keep(epoch: int, metrics: list[dict[str, Any]]) -> list[int]:
+        if epoch not in rungs:
+            return list(range(len(metrics)))
+        ranked = sorted(range(len(metrics)), key=lambda r: metrics[r]["val_loss"])
+        return sorted(ranked[:math.ceil(len(metrics) / factor)])
+
+    return keep
 
 
-def training(s: dict[str, Any]) -> dict[str, Any]:
-    return {k: s[k] for k in ("epochs", "batch_size", "optimizer")}
+def entry(k: int, widths: list[int], shape: str, activation: str, lr: float, weight_decay: float,
+          seed: int) -> dict[str, Any]:
+    """A member's config entry: what sets it apart in its population, and its columns in trials.csv."""
+    return {"k": k, "widths": closed_form.format_widths(widths), "shape": shape, "activation": activation, "lr": lr,
+            "weight_decay": weight_decay, "seed": seed}
 
 
-def define_space(trial: optuna.Trial, P: int, s: dict[str, Any]) -> dict[str, Any]:
+def shared(s: Settings, P: int, stage: str) -> dict[str, Any]:
+    return {"P": P, "stage": stage, "epochs": s.epochs, "batch_size": s.batch_size, "optimizer": s.optimizer,
+            "prune_grace": s.prune_grace, "prune_factor": s.prune_factor}
+
+
+def by_population(entries: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """Entries grouped by depth and activation (a population's members share them), in populations of `size`."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault((e["k"], e["activation"]), []).append(e)
+    return [chunk for group in groups.values() for chunk in runner.chunks(group, size)]
+
+
+def train_groups(s: Settings, P: int, stage: str, groups: list[list[dict[str, Any]]], run_dir: Path, data: Mnist,
+                 res: cluster.Resources) -> pd.DataFrame:
+    return runner.populations(trainable, run_dir, f"P{P}-{stage}", res, data, shared(s, P, stage), groups,
+                              keep=["P", "stage"], shown=["k", "widths", "seed"],
+                              tensorboard=run_dir / "tensorboard" / f"P{P}-{stage}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 1: the depth grid
+
+def grid(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.Resources) -> pd.DataFrame:
+    entries = [entry(k, [closed_form.width_for(k, P)] * k if k else [], "uniform", s.activation, s.lr, 0.0, seed)
+               for k in [0, *closed_form.depth_grid(P, s.max_depth)] for seed in range(s.seeds)]
+    return train_groups(s, P, "grid", by_population(entries, s.population), run_dir, data, res)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 2: Optuna, a population of trials at a time
+
+def define_space(trial: optuna.Trial, P: int, space: dict[str, Any]) -> dict[str, Any]:
     """Optuna define-by-run: depth, shape family, activation, lr and weight decay; widths meet P by construction."""
-    depths = budget.feasible_depths(P, s["optuna_max_depth"])
+    depths = closed_form.feasible_depths(P, space["optuna_max_depth"])
     k = trial.suggest_int("k", depths[0], depths[-1])
-    shape = trial.suggest_categorical("shape", s["shapes"]) if k > 1 else "uniform"
-    ratio = trial.suggest_float("ratio", *s["ratio"]) if shape in ("decreasing", "increasing") else 0.5
+    activation = trial.suggest_categorical("activation", space["activations"])
+    shape = trial.suggest_categorical("shape", space["shapes"]) if k > 1 else "uniform"
+    ratio = trial.suggest_float("ratio", *space["ratio"]) if shape in ("decreasing", "increasing") else 0.5
     free = [trial.suggest_float(f"r{i}", 0.05, 1.0) for i in range(k)] if shape == "free" else []
-    trial.suggest_categorical("activation", s["activations"])
-    trial.suggest_float("lr", *s["lr_range"], log=True)
-    trial.suggest_float("weight_decay", *s["weight_decay_range"], log=True)
+    lr = trial.suggest_float("lr", *space["lr_range"], log=True)
+    weight_decay = trial.suggest_float("weight_decay", *space["weight_decay_range"], log=True)
     try:
-        widths = budget.fit_widths(budget.profile(shape, k, ratio, free), P)
+        widths = closed_form.fit_widths(closed_form.profile(shape, k, ratio, free), P)
     except ValueError:  # at small P a steep shape can round past 1%; the uniform net at this depth cannot
-        shape, widths = "uniform", budget.fit_widths([1.0] * k, P)
-    return {**training(s), "P": P, "stage": "optuna", "seed": trial.number, "shape": shape,
-            "widths": budget.format_widths(widths)}
+        shape, widths = "uniform", closed_form.fit_widths([1.0] * k, P)
+    return entry(k, widths, shape, activation, lr, weight_decay, seed=trial.number)
 
 
-def run_stages(P: int, s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> pd.DataFrame:
-    grid_space = {**training(s), "P": P, "stage": "grid", "activation": s["activation"], "lr": s["lr"],
-                  "weight_decay": 0.0, "k": tune.grid_search([0, *budget.depth_grid(P, s["max_depth"])])}
-    frames = [driver.run_grouped(trainable, population_trainable, run_dir, f"P{P}-grid", res, data, grid_space,
-                                 runs=[{"seed": seed} for seed in range(s["seeds"])], requested=s["population"],
-                                 keep=COLUMNS[:-1], shown=["k", "seed", "widths"],
-                                 tensorboard=run_dir / "tensorboard" / f"P{P}-grid")]
-    if s["trials"]:
-        search = ResumableOptunaSearch(
-            space=functools.partial(define_space, P=P, s=s), metric="val_loss", mode="min", seed=0,
-            study_name=f"budget-P{P}",
-            storage=optuna.storages.JournalStorage(
-                optuna.storages.journal.JournalFileBackend(str((run_dir / "optuna.journal").resolve()))),
-        )
-        asha = ASHAScheduler(time_attr="training_iteration", max_t=s["epochs"], grace_period=1, reduction_factor=2)
-        found = driver.run(trainable, run_dir, f"P{P}-optuna", res, data,
-                           num_samples=s["trials"], search_alg=search, scheduler=asha,
-                           shown=["widths", "activation", "epoch"])
-        frames.append(driver.rows(found, COLUMNS))
-    return pd.concat(frames, ignore_index=True)
+def optuna_stage(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.Resources) -> pd.DataFrame:
+    space = {k: getattr(s, k) for k in ("optuna_max_depth", "activations", "shapes", "ratio", "lr_range",
+                                        "weight_decay_range")}
+    searcher = search.PopulationSearch(functools.partial(define_space, P=P, space=space), group=["k", "activation"],
+                                       n_trials=s.trials, size=s.search_population,
+                                       journal_path=run_dir / "optuna.journal", study_name=study_name(P),
+                                       shared=shared(s, P, "optuna"))
+    grid = runner.run(trainable, run_dir, f"P{P}-optuna", res, data, num_samples=s.trials, search_alg=searcher,
+                      shown=["k", "activation", "population"], total=None,
+                      callbacks=[runner.MemberTensorboard(run_dir / "tensorboard" / f"P{P}-optuna")])
+    return runner.member_rows(runner.rows(grid, ["P", "stage", "members"]))
 
 
-def reference(trials: pd.DataFrame, linear_run: str | None) -> tuple[str, float] | None:
-    """The 7,850-parameter linear model's training loss: a linear run's best, else this run's k=0 trials."""
-    if linear_run:
-        linear = read_table(Path(linear_run) / "trials.csv")
-        return "linear study best (7,850 params)", float(linear["final_train_loss"].min())
-    own = trials[(trials["stage"] == "grid") & (trials["k"] == 0) & trials["error"].eq("")]
-    return ("linear, same training (7,850 params)", float(own["final_train_loss"].min())) if len(own) else None
+def study_name(P: int) -> str:
+    return f"budget-P{P}"
 
 
-def draw(trials: pd.DataFrame, path: Path, linear_run: str | None = None) -> None:
-    """Final train and test loss against depth, one curve per P, the linear model as a reference line."""
-    grid = trials[(trials["stage"] == "grid") & trials["error"].eq("")]
-    uniform = grid[grid["k"] > 0].groupby(["P", "k"], as_index=False)[["final_train_loss", "test_loss"]].mean()
-    plots.lines(path, uniform, "k", ["final_train_loss", "test_loss"], "P", logx=True,
-                title="Loss vs depth at a fixed parameter budget", reference=reference(trials, linear_run))
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 3: confirmation with seeds, with and without weight decay
+
+def candidates(frame: pd.DataFrame, top: int) -> pd.DataFrame:
+    """Distinct configurations that trained to the end, by mean validation loss: the best `top`, and each shape
+    family's best."""
+    done = frame[frame["error"].eq("") & frame["stopped_early"].eq(0) & frame["k"].gt(0)]
+    configs = done.groupby(CONFIG, as_index=False).agg(val_loss=("val_loss", "mean"), stage=("stage", "first"))
+    configs = configs.sort_values("val_loss")
+    chosen = pd.concat([configs.head(top), configs.groupby("shape").head(1)]).drop_duplicates(CONFIG)
+    return chosen.reset_index(drop=True)
 
 
-def report(run_dir: Path, out: Path | None = None) -> None:
-    from tune_mnist import runs
+def confirm(s: Settings, P: int, frame: pd.DataFrame, run_dir: Path, data: Mnist,
+            res: cluster.Resources) -> pd.DataFrame:
+    chosen = candidates(frame, s.confirm_top)
+    entries = []
+    for i, c in chosen.iterrows():
+        for seed in range(s.confirm_seeds):
+            decays = [c.weight_decay, 0.0] if c.weight_decay > 0 else [0.0]
+            for decay in decays:
+                e = entry(int(c.k), closed_form.parse_widths(c.widths), c.shape, c.activation, float(c.lr), decay, seed)
+                entries.append({**e, "config": i, "config_weight_decay": float(c.weight_decay),
+                                "from_stage": c.stage})
+    return train_groups(s, P, "confirm", by_population(entries, max(s.population, len(entries))), run_dir, data, res)
 
-    draw(read_table(run_dir / "trials.csv"), Path(out or run_dir) / "loss_vs_k.png",
-         runs.read(run_dir)["args"].get("linear_run"))
 
+# ----------------------------------------------------------------------------------------------------------------
+# Exports: the confirmed best per P
 
 def export(run_dir: Path, trials: pd.DataFrame, top: int = 1) -> dict[str, Any]:
-    """Copies the top-N trials per P (by val loss) to run_dir/best/, with best.json listing them."""
-    ok = trials[trials["error"].eq("") & trials["checkpoint"].ne("") & trials["k"].gt(0)]
+    """The top-N confirmed configurations per P (by mean validation loss over seeds) to run_dir/best/P<P>/rank<N>.pt
+    (the seed with the lowest validation loss; weights, spec and metrics in one file), listed in best.json."""
     best: dict[str, Any] = {}
-    for P, part in ok.groupby("P"):
+    for P, part in answers.confirmed(trials).groupby("P"):
         entries = []
-        for rank, row in enumerate(part.nsmallest(top, "val_loss").itertuples(), start=1):
+        for rank, (config, runs) in enumerate(answers.ranked_configs(part)[:top], start=1):
+            row = runs.nsmallest(1, "val_loss").iloc[0]
+            spec = {"family": "mlp", "widths": closed_form.parse_widths(row.widths), "activation": row.activation}
+            state = storage.read_checkpoint(f"{row.checkpoint}/{trial.STATE}")
             target = run_dir / "best" / f"P{P}" / f"rank{rank}.pt"
-            atomic_write(target, functools.partial(storage.fetch, f"{row.checkpoint}/model.pt"))
+            metrics = {k: float(row[k]) for k in ("val_loss", "test_loss", "test_acc")}
+            models.save(target, trial.member_state(state, int(row.member), spec), spec, **metrics)
             entries.append({"rank": rank, "file": str(target.relative_to(run_dir)), "widths": row.widths,
-                            "k": row.k, "params": row.params, "shape": row.shape, "activation": row.activation,
-                            "val_loss": row.val_loss, "test_loss": row.test_loss, "test_acc": row.test_acc,
-                            "trial_id": row.trial_id})
+                            "k": int(row.k), "params": int(row.params), "shape": row.shape,
+                            "activation": row.activation, "lr": float(row.lr), "weight_decay": float(row.weight_decay),
+                            "seeds": len(runs), "val_loss_mean": float(runs["val_loss"].mean()),
+                            "test_loss_mean": float(runs["test_loss"].mean()),
+                            "test_acc_mean": float(runs["test_acc"].mean()), **metrics})
         best[str(P)] = entries
     write_json(run_dir / "best.json", best)
     return best
 
 
-def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
-    trials = pd.concat([run_stages(P, s, run_dir, data, res) for P in s["P"]], ignore_index=True)
+# ----------------------------------------------------------------------------------------------------------------
+
+def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict[str, Any]:
+    frames = []
+    for P in s.P:
+        found = [grid(s, P, run_dir, data, res)]
+        if s.trials:
+            found.append(optuna_stage(s, P, run_dir, data, res))
+            found.append(confirm(s, P, pd.concat(found, ignore_index=True), run_dir, data, res))
+        frames += found
+    trials = pd.concat(frames, ignore_index=True)
     write_csv(run_dir / "trials.csv", trials)
-    report(run_dir)
-    best = export(run_dir, trials)
-    summary: dict[str, Any] = {"trials": len(trials), "errors": int(trials["error"].ne("").sum())}
-    for P, entries in best.items():
-        if entries:
-            summary[f"P{P}_best"] = f"{entries[0]['widths']}/{entries[0]['activation']}"
-            summary[f"P{P}_test_acc"] = round(entries[0]["test_acc"], 4)
-    return summary
+    best = export(run_dir, trials) if s.trials else {}
+    return answers.write(run_dir, trials, best)
+
+
+def report(run_dir: Path, out: Path | None = None) -> None:
+    answers.draw(run_dir, read_table(run_dir / "trials.csv"), Path(out or run_dir))

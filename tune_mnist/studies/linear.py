@@ -8,40 +8,48 @@ best step size: does the end result depend on the start?
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from ray import tune
 
-from tune_mnist import driver, plots
+from tune_mnist import plots
 from tune_mnist.data import Mnist
 from tune_mnist.errors import require
 from tune_mnist.files import read_table, write_csv
+from tune_mnist.population import Member
+from tune_mnist.settings import Common
+from tune_mnist.train import TrainConfig
+from tune_mnist.tuning import cluster, runner, trial
 
 NAME = "linear"
 HELP = "the 7,850-parameter softmax baseline: step size x epochs, then seeds x init scales"
-COLUMNS = ["grid", "lr", "seed", "init_scale"]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--step-sizes", type=float, nargs="+", help="full-batch SGD step sizes (default .03 .1 .3 1 3)")
-    p.add_argument("--epoch-counts", type=int, nargs="+", help="full-batch step counts read off each curve")
-    p.add_argument("--init-scales", type=float, nargs="+", help="initialisation scales of grid 2 (default 0 1 10)")
-    p.add_argument("--seeds", type=int, help="seeds of grid 2 (default 3)")
+@dataclass
+class Settings(Common):
+    step_sizes: list[float]
+    epoch_counts: list[int]
+    eval_every: int
+    init_scales: list[float]
+    seeds: int
 
 
-def check(s: dict[str, Any]) -> None:
-    require(len(s["step_sizes"]) > 0 and all(lr > 0 for lr in s["step_sizes"]), "--step-sizes must be > 0 and not empty")
-    require(len(s["epoch_counts"]) > 0 and all(e >= 1 for e in s["epoch_counts"]), "--epoch-counts must be >= 1")
-    require(len(s["init_scales"]) > 0 and all(x >= 0 for x in s["init_scales"]), "--init-scales must be >= 0")
-    require(s["seeds"] >= 1, f"--seeds must be >= 1, got {s['seeds']}")
+def check(s: Settings) -> None:
+    require(len(s.step_sizes) > 0 and all(lr > 0 for lr in s.step_sizes), "--step-sizes must be > 0 and not empty")
+    require(len(s.epoch_counts) > 0 and all(e >= 1 for e in s.epoch_counts), "--epoch-counts must be >= 1")
+    require(len(s.init_scales) > 0 and all(x >= 0 for x in s.init_scales), "--init-scales must be >= 0")
+    require(s.seeds >= 1, f"--seeds must be >= 1, got {s.seeds}")
 
 
 def trainable(config: dict[str, Any], data: Mnist) -> None:
-    spec = {"family": "mlp", "widths": [], "init_scale": config["init_scale"]}
-    driver.train_in_trial({**config, "optimizer": "sgd", "batch_size": 0, "inputs": "center"}, data, spec)
+    (entry,) = config["members"]
+    net = {"family": "mlp", "widths": [], "init_scale": entry["init_scale"]}
+    cfg = TrainConfig(epochs=config["epochs"], eval_every=config["eval_every"], optimizer="sgd", batch_size=0,
+                      inputs="center")
+    trial.train(data, [Member(net, seed=entry["seed"], lr=entry["lr"])], cfg)
 
 
 def curves(grid: tune.ResultGrid, label: str) -> pd.DataFrame:
@@ -50,8 +58,8 @@ def curves(grid: tune.ResultGrid, label: str) -> pd.DataFrame:
     for result in grid:
         if result.error is None and result.metrics_dataframe is not None:
             frame = result.metrics_dataframe[["epoch", "train_loss", "val_loss", "test_loss", "train_acc", "test_acc"]]
-            frames.append(frame.assign(grid=label, lr=result.config["lr"], seed=result.config["seed"],
-                                       init_scale=result.config["init_scale"]))
+            (entry,) = result.config["members"]
+            frames.append(frame.assign(grid=label, lr=entry["lr"], seed=entry["seed"], init_scale=entry["init_scale"]))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -66,29 +74,34 @@ def at_counts(curve: pd.DataFrame, counts: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
-    epochs = max(s["epoch_counts"])
-    common = {"epochs": epochs, "eval_every": min(s["eval_every"], epochs)}
-    first = driver.run(trainable, run_dir, "step_size", res, data, shown=["lr"],
-                       param_space={**common, "grid": "step_size", "lr": tune.grid_search(s["step_sizes"]),
-                                    "seed": 0, "init_scale": 1.0})
-    by_lr = driver.rows(first, COLUMNS)
+def grid(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources, name: str,
+         runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, tune.ResultGrid]:
+    """One trial a run (its lr, seed and init scale), its rows and its Tune results (for the curves)."""
+    epochs = max(s.epoch_counts)
+    space = {"epochs": epochs, "eval_every": min(s.eval_every, epochs), "grid": name,
+             "members": tune.grid_search([[r] for r in runs])}
+    results = runner.run(trainable, run_dir, name, res, data, param_space=space, shown=["lr", "seed", "init_scale"])
+    return runner.member_rows(runner.rows(results, ["grid", "members"])), results
+
+
+def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict[str, Any]:
+    by_lr, first = grid(s, run_dir, data, res, "step_size",
+                        [{"lr": lr, "seed": 0, "init_scale": 1.0} for lr in s.step_sizes])
     require(by_lr["final_train_loss"].notna().any(), "every step size diverged: try smaller --step-sizes")
     best_lr = float(by_lr.loc[by_lr["final_train_loss"].idxmin(), "lr"])
-    second = driver.run(trainable, run_dir, "init", res, data, shown=["seed", "init_scale"],
-                        param_space={**common, "grid": "init", "lr": best_lr,
-                                     "seed": tune.grid_search(list(range(s["seeds"]))),
-                                     "init_scale": tune.grid_search(s["init_scales"])})
-    trials = pd.concat([by_lr, driver.rows(second, COLUMNS)], ignore_index=True)
+    by_init, second = grid(s, run_dir, data, res, "init", [{"lr": best_lr, "seed": seed, "init_scale": scale}
+                                                           for seed in range(s.seeds) for scale in s.init_scales])
+    trials = pd.concat([by_lr, by_init], ignore_index=True)
     curve = pd.concat([curves(first, "step_size"), curves(second, "init")], ignore_index=True)
-    table = at_counts(curve[curve["grid"] == "step_size"], s["epoch_counts"])
+    table = at_counts(curve[curve["grid"] == "step_size"], s.epoch_counts)
     write_csv(run_dir / "trials.csv", trials)
     write_csv(run_dir / "curves.csv", curve)
     write_csv(run_dir / "step_size_x_epochs.csv", table)
     report(run_dir)
     best = trials.loc[trials["final_train_loss"].idxmin()]
     init = trials[trials["grid"] == "init"]
-    return {"trials": len(trials), "errors": int(trials["error"].ne("").sum()), "best_lr": best_lr, "min_train_loss": round(float(best["final_train_loss"]), 4),
+    return {"trials": len(trials), "errors": int(trials["error"].ne("").sum()), "best_lr": best_lr,
+            "min_train_loss": round(float(best["final_train_loss"]), 4),
             "test_loss": round(float(best["test_loss"]), 4), "train_acc": round(float(best["final_train_acc"]), 4),
             "test_acc": round(float(best["test_acc"]), 4),
             "init_spread_test_acc": round(float(init["test_acc"].max() - init["test_acc"].min()), 4)}

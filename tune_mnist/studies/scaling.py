@@ -5,43 +5,54 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray import tune
 
-from tune_mnist import driver, plots
+from tune_mnist import models, plots
 from tune_mnist.data import Mnist, subset
 from tune_mnist.errors import require
 from tune_mnist.files import read_table, write_csv
+from tune_mnist.population import Member
+from tune_mnist.settings import Common
+from tune_mnist.train import TrainConfig
+from tune_mnist.tuning import cluster, runner, trial
 
 NAME = "scaling"
 HELP = "CNN width x dataset fraction grid: heatmaps of train/test loss and accuracy"
 METRICS = ["final_train_loss", "test_loss", "final_train_acc", "test_acc"]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--widths", type=int, nargs="+", help="CNN widths (default 6 8 11 16 23 33 47 67)")
-    p.add_argument("--fractions", type=float, nargs="+", help="training-set fractions in (0, 1] (default 2^-j, j<10)")
-    p.add_argument("--seeds", type=int, help="seeds per cell (default 1)")
-    p.add_argument("--master-seed", type=int, help="seed the per-cell seeds are drawn from (default 0)")
-    p.add_argument("--epochs", type=int, help="epochs per run (default 5)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
-    driver.add_population_argument(p, "seeds of a cell")
+@dataclass
+class Settings(Common):
+    widths: list[int]
+    fractions: list[float]
+    seeds: int
+    master_seed: int
+    population: int
+    epochs: int
+    min_steps: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    activation: str
 
 
-def check(s: dict[str, Any]) -> None:
-    require(len(s["widths"]) > 0 and len(s["fractions"]) > 0, "the widths and fractions grids must not be empty")
-    require(all(w >= 1 for w in s["widths"]), f"widths must be >= 1, got {s['widths']}")
-    for f in s["fractions"]:
+def check(s: Settings) -> None:
+    require(len(s.widths) > 0 and len(s.fractions) > 0, "the widths and fractions grids must not be empty")
+    require(all(w >= 1 for w in s.widths), f"widths must be >= 1, got {s.widths}")
+    for f in s.fractions:
         require(0 < f <= 1, f"fraction {f} is outside (0, 1]")
-    require(s["seeds"] >= 1, f"--seeds must be >= 1, got {s['seeds']}")
-    require(s["epochs"] >= 1, f"--epochs must be >= 1, got {s['epochs']}")
-    driver.check_population(s)
+    require(s.seeds >= 1, f"--seeds must be >= 1, got {s.seeds}")
+    require(s.epochs >= 1, f"--epochs must be >= 1, got {s.epochs}")
+    require(s.population >= 1, f"--population must be >= 1, got {s.population}")
+    require(s.activation in models.ACTIVATIONS, f"unknown activation {s.activation!r}")
 
 
 def macs(width: int) -> int:
@@ -49,34 +60,23 @@ def macs(width: int) -> int:
     return 28 * 28 * 9 * width + 14 * 14 * 9 * width * 2 * width + 7 * 7 * 2 * width * 10
 
 
-def cell(config: dict[str, Any], data: Mnist) -> tuple[Mnist, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """A cell's training subset, its config (epochs raised to min_steps), CNN spec and extra metrics.
-
-    The subset is drawn with the master seed, the same for every seed of the cell and nested across
-    fractions: seeds vary initialisation and data order, so a cell's seeds can train as one population.
-    """
-    n = max(1, round(config["fraction"] * len(data.train_x)))
-    part = subset(data, n_train=n, seed=config["master_seed"])
-    epochs = max(config["epochs"], math.ceil(config["min_steps"] / math.ceil(n / config["batch_size"])))
-    spec = {"family": "cnn", "channels": [config["width"], 2 * config["width"]], "hidden": 0,
-            "activation": config["activation"]}
-    extra = {"n_train": n, "epochs_run": epochs, "compute": macs(config["width"]) * n * epochs}
-    return part, {**config, "epochs": epochs, "eval_every": epochs}, spec, extra
-
-
 def trainable(config: dict[str, Any], data: Mnist) -> None:
-    part, config, spec, extra = cell(config, data)
-    driver.train_in_trial(config, part, spec, extra)
+    """A cell's seeds on the cell's training subset, drawn with the master seed: the same for every seed of the
+    cell and nested across fractions, so seeds vary initialisation and data order only."""
+    n = max(1, round(config["fraction"] * len(data.train_x)))
+    epochs = max(config["epochs"], math.ceil(config["min_steps"] / math.ceil(n / config["batch_size"])))
+    net = {"family": "cnn", "channels": [config["width"], 2 * config["width"]], "hidden": 0,
+           "activation": config["activation"]}
+    members = [Member(net, seed=m["seed"], lr=config["lr"], weight_decay=config["weight_decay"])
+               for m in config["members"]]
+    cfg = TrainConfig.from_config({**config, "epochs": epochs, "eval_every": epochs})
+    extra = {"n_train": n, "epochs_run": epochs, "compute": macs(config["width"]) * n * epochs}
+    trial.train(subset(data, n_train=n, seed=config["master_seed"]), members, cfg, extra)
 
 
-def population_trainable(config: dict[str, Any], data: Mnist) -> None:
-    part, config, spec, extra = cell(config, data)
-    driver.train_population_in_trial(config, part, spec, extra)
-
-
-def seeds_for(s: dict[str, Any]) -> list[int]:
-    rng = random.Random(s["master_seed"])
-    return [rng.randrange(2**31) for _ in range(s["seeds"])]
+def seeds_for(s: Settings) -> list[int]:
+    rng = random.Random(s.master_seed)
+    return [rng.randrange(2**31) for _ in range(s.seeds)]
 
 
 def report(run_dir: Path, out: Path | None = None) -> None:
@@ -94,12 +94,12 @@ def report(run_dir: Path, out: Path | None = None) -> None:
                 title="Test loss against width, one curve per training fraction")
 
 
-def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
-    space = {k: s[k] for k in ("batch_size", "optimizer", "lr", "weight_decay", "activation", "epochs", "min_steps",
-                                "master_seed")}
-    space.update(width=tune.grid_search(s["widths"]), fraction=tune.grid_search(s["fractions"]))
-    frame = driver.run_grouped(trainable, population_trainable, run_dir, "grid", res, data, space,
-                               runs=[{"seed": seed} for seed in seeds_for(s)], requested=s["population"],
+def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict[str, Any]:
+    space = {"batch_size": s.batch_size, "optimizer": s.optimizer, "lr": s.lr, "weight_decay": s.weight_decay,
+             "activation": s.activation, "epochs": s.epochs, "min_steps": s.min_steps, "master_seed": s.master_seed,
+             "width": tune.grid_search(s.widths), "fraction": tune.grid_search(s.fractions)}
+    frame = runner.populations(trainable, run_dir, "grid", res, data, space,
+                               groups=runner.chunks([{"seed": seed} for seed in seeds_for(s)], s.population),
                                keep=["width", "fraction"], shown=["width", "fraction"],
                                tensorboard=run_dir / "tensorboard", metric="test_loss")
     write_csv(run_dir / "results.csv", frame)

@@ -7,68 +7,77 @@ net the trained layer i ("graft"); test loss and accuracy of each, over several 
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from ray import tune
+from torch import nn
 
-from tune_mnist import driver, plots
-from tune_mnist.data import DeviceSplit, Mnist
+from tune_mnist import models, plots
+from tune_mnist.data import INPUTS, DeviceSplit, Mnist
 from tune_mnist.errors import require
 from tune_mnist.files import read_table, write_csv
-from tune_mnist.train import evaluate
+from tune_mnist.population import Member, Population
+from tune_mnist.settings import Common
+from tune_mnist.train import TrainConfig, evaluate
+from tune_mnist.tuning import cluster, runner, trial
 
 NAME = "transplant"
 HELP = "train an FC net, swap single layers between its initial and trained copies, both ways"
-COLUMNS = ["seed"]
 DIRECTIONS = {"reset": "trained net, layer i back at init", "graft": "initial net, layer i trained"}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layers", type=int, nargs="+", help="hidden widths (default 2048 1024 512 256 128)")
-    p.add_argument("--seeds", type=int, help="trained nets (default 3)")
-    p.add_argument("--epochs", type=int, help="SGD epochs (default 25)")
-    p.add_argument("--lr", type=float, help="SGD step size (default 0.01)")
-    p.add_argument("--batch-size", type=int, help="minibatch size (default 256)")
+@dataclass
+class Settings(Common):
+    layers: list[int]
+    activation: str
+    seeds: int
+    population: int
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    inputs: str
 
 
-def check(s: dict[str, Any]) -> None:
-    require(len(s["layers"]) > 0 and all(w >= 1 for w in s["layers"]), f"--layers must be widths >= 1, got {s['layers']}")
-    require(s["seeds"] >= 1, f"--seeds must be >= 1, got {s['seeds']}")
-    require(s["epochs"] >= 1, f"--epochs must be >= 1, got {s['epochs']}")
-    require(s["lr"] > 0, f"--lr must be > 0, got {s['lr']}")
+def check(s: Settings) -> None:
+    require(len(s.layers) > 0 and all(w >= 1 for w in s.layers), f"--layers must be widths >= 1, got {s.layers}")
+    require(s.seeds >= 1, f"--seeds must be >= 1, got {s.seeds}")
+    require(s.epochs >= 1, f"--epochs must be >= 1, got {s.epochs}")
+    require(s.lr > 0, f"--lr must be > 0, got {s.lr}")
+    require(s.population >= 1, f"--population must be >= 1, got {s.population}")
+    require(s.activation in models.ACTIVATIONS, f"unknown activation {s.activation!r}")
+    require(s.inputs in INPUTS, f"unknown input scaling {s.inputs!r}; choose from {', '.join(INPUTS)}")
 
 
-def swaps(model: torch.nn.Module, initial: dict[str, torch.Tensor], splits: dict[str, DeviceSplit],
-          inputs: str) -> dict[str, float]:
-    """Test loss/acc with one Linear layer swapped at a time, both ways; the model ends as it began."""
-    trained = {k: v.clone() for k, v in model.state_dict().items()}
-    layers = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    out = {}
-    for i, layer in enumerate(layers, start=1):
-        for direction, base, donor in (("reset", trained, initial), ("graft", initial, trained)):
-            mixed = {k: (donor[k] if k.startswith(layer + ".") else v) for k, v in base.items()}
-            model.load_state_dict(mixed)
-            result = evaluate(model, splits["test"], inputs)
-            out[f"{direction}_{i}_loss"], out[f"{direction}_{i}_acc"] = result["loss"], result["acc"]
-    model.load_state_dict(initial)
-    untrained = evaluate(model, splits["test"], inputs)
-    out["init_test_loss"], out["init_test_acc"] = untrained["loss"], untrained["acc"]
-    model.load_state_dict(trained)
+def swaps(pop: Population, initial: dict[str, torch.Tensor], splits: dict[str, DeviceSplit],
+          inputs: str) -> list[dict[str, float]]:
+    """Each member's test loss/acc with one dense layer swapped at a time, both ways; the weights end as they began."""
+    trained = {k: v.detach().clone() for k, v in pop.params.items()}
+    layers = [name for name, layer in pop.layers if isinstance(layer, nn.Linear)]
+    out: list[dict[str, float]] = [{} for _ in range(len(pop))]
+    mixes = [(f"{d}_{i}", {k: (donor if k.startswith(layer + ".") else base)[k] for k in trained})
+             for i, layer in enumerate(layers, start=1)
+             for d, base, donor in (("reset", trained, initial), ("graft", initial, trained))]
+    for key, weights in [*mixes, ("init_test", initial)]:
+        pop.load(weights)
+        for m, result in zip(out, evaluate(pop, splits["test"], inputs)):
+            m[f"{key}_loss"], m[f"{key}_acc"] = result["loss"], result["acc"]
+    pop.load(trained)
     return out
 
 
 def trainable(config: dict[str, Any], data: Mnist) -> None:
-    spec = {"family": "mlp", "widths": config["layers"], "activation": config["activation"]}
-    driver.train_in_trial(config, data, spec,
-                          finish=lambda model, initial, splits: swaps(model, initial, splits, config["inputs"]))
+    net = {"family": "mlp", "widths": config["layers"], "activation": config["activation"]}
+    members = [Member(net, seed=m["seed"], lr=config["lr"]) for m in config["members"]]
+    trial.train(data, members, TrainConfig.from_config(config),
+                finish=lambda pop, initial, splits: swaps(pop, initial, splits, config["inputs"]))
 
 
 def long_table(per_seed: pd.DataFrame) -> pd.DataFrame:
-    """One row per (seed, layer, direction) from the wide per-trial metrics."""
+    """One row per (seed, layer, direction) from the wide per-seed metrics."""
     rows = []
     for r in per_seed[per_seed["error"].eq("")].to_dict("records"):
         i = 1
@@ -88,17 +97,18 @@ def summarise(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def report(run_dir: Path, out: Path | None = None) -> None:
-    plots.grouped_bars(Path(out or run_dir) / "transplant.png", read_table(run_dir / "results_summary.csv"), "layer", "direction", "test_acc_mean", "test_acc_std",
+    plots.grouped_bars(Path(out or run_dir) / "transplant.png", read_table(run_dir / "results_summary.csv"), "layer",
+                       "direction", "test_acc_mean", "test_acc_std",
                        title="Test accuracy with one layer swapped (reset: trained net, layer at init; "
                              "graft: initial net, layer trained)")
 
 
-def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
-    space = {k: s[k] for k in ("layers", "activation", "epochs", "batch_size", "optimizer", "lr", "inputs")}
-    space["seed"] = tune.grid_search(list(range(s["seeds"])))
-    grid = driver.run(trainable, run_dir, "seeds", res, data, param_space=space,
-                      metric="test_acc", mode="max", shown=["seed"])
-    per_seed = driver.rows(grid, COLUMNS)
+def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict[str, Any]:
+    space = {"layers": s.layers, "activation": s.activation, "epochs": s.epochs, "batch_size": s.batch_size,
+             "optimizer": s.optimizer, "lr": s.lr, "inputs": s.inputs}
+    per_seed = runner.populations(trainable, run_dir, "seeds", res, data, space,
+                                  groups=runner.chunks([{"seed": seed} for seed in range(s.seeds)], s.population), keep=[],
+                                  shown=["seed"], tensorboard=run_dir / "tensorboard", metric="test_acc", mode="max")
     long = long_table(per_seed)
     summary = summarise(long)
     write_csv(run_dir / "results_per_seed.csv", per_seed)

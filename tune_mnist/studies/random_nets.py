@@ -8,8 +8,8 @@ Runs until stopped (Ctrl-C saves and stops cleanly; --resume continues), --max-n
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,13 @@ import pandas as pd
 import torch
 from ray import tune
 
-from tune_mnist import driver, models, plots
+from tune_mnist import models, plots
 from tune_mnist import random_search as rs
 from tune_mnist.data import Mnist
 from tune_mnist.errors import require
 from tune_mnist.files import write_csv, write_json
+from tune_mnist.settings import Common
+from tune_mnist.tuning import cluster, runner
 
 NAME = "random"
 HELP = "untrained-weight search over random TinyCNNs, resumable, runs until stopped"
@@ -29,41 +31,43 @@ COLUMNS = ["weight_scale", "bias_scale", "threshold"]
 REPORT_EVERY_S = 1.0   # a GPU search step takes tens of ms: a Tune report and checkpoint each would cost more
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weight-scales", type=float, nargs="+", help="weight std grid (default 1.5)")
-    p.add_argument("--bias-scales", type=float, nargs="+", help="bias std grid (default 0.5)")
-    p.add_argument("--thresholds", type=float, nargs="+", help="screen thresholds on train accuracy (default 0.20)")
-    p.add_argument("--nets-per-step", type=int, help="nets scored at once (default 65,536 on a GPU, 1,024 on a CPU)")
-    p.add_argument("--max-nets", type=int, help="stop each search after this many nets (default: never)")
-    p.add_argument("--time-limit", type=float, help="stop after this many seconds (default: never)")
-    p.add_argument("--n-train", type=int, help="train split size (default 256)")
-    p.add_argument("--n-val", type=int, help="val split size (default 5000)")
-    p.add_argument("--n-test", type=int, help="test split size (default 5000)")
+@dataclass
+class Settings(Common):
+    weight_scales: list[float]
+    bias_scales: list[float]
+    thresholds: list[float]
+    nets_per_step: int
+    n_train: int
+    n_val: int
+    n_test: int
+    data_seed: int
+    seed: int
+    max_nets: int
+    time_limit: float
 
 
-def check(s: dict[str, Any]) -> None:
+def check(s: Settings) -> None:
     for key in ("weight_scales", "bias_scales", "thresholds"):
-        require(len(s[key]) > 0, f"--{key.replace('_', '-')} must not be empty")
-    require(all(x > 0 for x in s["weight_scales"]), "--weight-scales must be > 0")
-    require(all(x >= 0 for x in s["bias_scales"]), "--bias-scales must be >= 0")
-    require(all(0 <= t <= 1 for t in s["thresholds"]), "--thresholds must be in [0, 1]")
-    require(s["nets_per_step"] >= 0, f"--nets-per-step must be >= 1 (or 0: the default), got {s['nets_per_step']}")
-    require(s["max_nets"] >= 0 and s["time_limit"] >= 0, "--max-nets and --time-limit must be >= 0")
-    require(min(s["n_train"], s["n_val"], s["n_test"]) >= 1, "split sizes must be >= 1")
-    require(s["n_train"] + s["n_val"] + s["n_test"] <= 60_000, "the three splits need more than 60,000 images")
+        require(len(getattr(s, key)) > 0, f"--{key.replace('_', '-')} must not be empty")
+    require(all(x > 0 for x in s.weight_scales), "--weight-scales must be > 0")
+    require(all(x >= 0 for x in s.bias_scales), "--bias-scales must be >= 0")
+    require(all(0 <= t <= 1 for t in s.thresholds), "--thresholds must be in [0, 1]")
+    require(s.nets_per_step >= 1, f"--nets-per-step must be >= 1, got {s.nets_per_step}")
+    require(s.max_nets >= 0 and s.time_limit >= 0, "--max-nets and --time-limit must be >= 0")
+    require(min(s.n_train, s.n_val, s.n_test) >= 1, "split sizes must be >= 1")
+    require(s.n_train + s.n_val + s.n_test <= 60_000, "the three splits need more than 60,000 images")
 
 
 class RandomSearch(tune.Trainable):
     """One search per trial: each step() runs search steps for REPORT_EVERY_S (or to max_nets) and reports."""
 
     def setup(self, config: dict[str, Any], data: Mnist) -> None:
-        device = driver.trial_device()
+        device = cluster.trial_device()
         rs.exact_fp32()  # after trial_device, which turns TF32 on for training
         splits = rs.search_splits(data, config["n_train"], config["n_val"], config["n_test"], config["data_seed"],
                                   device)
-        per_step = config["nets_per_step"] or rs.default_nets_per_step(device)
-        settings = rs.Settings(config["weight_scale"], config["bias_scale"], config["threshold"], per_step,
-                               config["seed"])
+        settings = rs.Settings(config["weight_scale"], config["bias_scale"], config["threshold"],
+                               config["nets_per_step"], config["seed"])
         self.search, self.max_nets = rs.Search(settings, splits), config["max_nets"]
 
     def step(self) -> dict[str, Any]:
@@ -116,21 +120,21 @@ def report(run_dir: Path, out: Path | None = None) -> None:
         draw(folder, Path(out) / f"{folder.name}.png" if out else folder / "random_search.png")
 
 
-def run(s: dict[str, Any], run_dir: Path, data: Mnist, res: driver.Resources) -> dict[str, Any]:
-    space = {k: s[k] for k in ("nets_per_step", "max_nets", "n_train", "n_val", "n_test", "data_seed", "seed")}
-    space.update(weight_scale=tune.grid_search(s["weight_scales"]), bias_scale=tune.grid_search(s["bias_scales"]),
-                 threshold=tune.grid_search(s["thresholds"]))
-    grid = driver.run(RandomSearch, run_dir, "searches", res, data, param_space=space,
+def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict[str, Any]:
+    space = {k: getattr(s, k) for k in ("nets_per_step", "max_nets", "n_train", "n_val", "n_test", "data_seed", "seed")}
+    space.update(weight_scale=tune.grid_search(s.weight_scales), bias_scale=tune.grid_search(s.bias_scales),
+                 threshold=tune.grid_search(s.thresholds))
+    grid = runner.run(RandomSearch, run_dir, "searches", res, data, param_space=space,
                       metric="best_val", mode="max", shown=["weight_scale", "bias_scale", "evaluated"],
-                      stop={"evaluated": s["max_nets"]} if s["max_nets"] else None,
-                      time_budget_s=s["time_limit"] or None, checkpoint_every=1)
+                      stop={"evaluated": s.max_nets} if s.max_nets else None,
+                      time_budget_s=s.time_limit or None, checkpoint_every=1)
     rows = []
     for result in grid:
         if result.checkpoint is None:
             continue
         with result.checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "search.pt", weights_only=False)
-        out = write_search(run_dir / "searches" / tag(result.config), state, result.metrics, s["n_val"])
+        out = write_search(run_dir / "searches" / tag(result.config), state, result.metrics, s.n_val)
         best = out["history"][-1] if out["history"] else {}
         rows.append({**{k: result.config[k] for k in COLUMNS}, "evaluated": out["evaluated"],
                      "failed_screen": out["failed_screen"], "passing": out["passing"],

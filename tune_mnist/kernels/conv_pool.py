@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import nn
 
+from tune_mnist import kernels
 from tune_mnist.kernels import available, tl, triton
 
 if triton is not None:
@@ -436,9 +437,8 @@ if triton is not None:
 
 
 # While _compile_ahead runs in a thread, that thread's .pool (the threads that compile) and .started (the
-# compilations); other threads launch as usual. _compiled: the (activations, shapes, training) compiled for.
+# compilations); other threads launch as usual.
 _ahead = threading.local()
-_compiled: set[tuple] = set()
 
 
 def _launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
@@ -630,9 +630,8 @@ def blocks(x: torch.Tensor, params: Sequence[tuple[torch.Tensor, torch.Tensor, n
     acts = tuple(ACTIVATIONS[type(act)] for _, _, act in params)
     tensors = [t for w, b, _ in params for t in (w, b)]
     training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    shapes = (acts, x.shape[1:], *(t.shape[1:] for t in tensors), training)
-    if x.is_cuda and shapes not in _compiled and not torch.cuda.is_current_stream_capturing():
-        _compile_ahead(x, acts, tensors, backward=training)
-        _compiled.add(shapes)
+    if x.is_cuda and not torch.cuda.is_current_stream_capturing():
+        key = ("conv_pool", acts, x.shape[1:], *(t.shape[1:] for t in tensors), training)
+        kernels.once(key, lambda: _compile_ahead(x, acts, tensors, backward=training))
     h = Blocks.apply(x, acts, *tensors) if training else forward_blocks(x, acts, tensors, save=False)[0]
     return h.permute(0, 1, 4, 2, 3).flatten(2)
