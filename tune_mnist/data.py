@@ -26,6 +26,7 @@ FILES = {
 EXPECTED_COUNT = {"train": 60_000, "test": 10_000}
 VAL_SIZE = 5_000
 SPLIT_SEED = 0  # the validation split never changes between runs, so trials stay comparable
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 @dataclass
@@ -155,3 +156,14 @@ def to_device(data: Mnist, device: torch.device | str) -> dict[str, DeviceSplit]
         "val": put(data.val_x, data.val_y),
         "test": put(data.test_x, data.test_y),
     }
+
+
+def prepare(x: torch.Tensor, inputs: str) -> torch.Tensor:
+    """Images in [0, 1] as a net trains on them: unit x, center x - 0.5, standard (x - mean) / std."""
+    if inputs == "unit":
+        return x
+    if inputs == "center":
+        return x - 0.5
+    if inputs == "standard":
+        return (x - MNIST_MEAN) / MNIST_STD
+    raise ValueError(f"unknown input scaling {inputs!r}")

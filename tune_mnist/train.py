@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune_mnist import corrupt_kernel, kernels
-from tune_mnist.data import DeviceSplit
+from tune_mnist.data import DeviceSplit, prepare
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 EVAL_CHUNK = 8192
 
 
@@ -45,16 +44,6 @@ class TrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def prepare(x: torch.Tensor, inputs: str) -> torch.Tensor:
-    if inputs == "unit":
-        return x
-    if inputs == "center":
-        return x - 0.5
-    if inputs == "standard":
-        return (x - MNIST_MEAN) / MNIST_STD
-    raise ValueError(f"unknown input scaling {inputs!r}")
 
 
 def run_key(seed: int, epoch: int) -> int:
