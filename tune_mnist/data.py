@@ -27,6 +27,8 @@ EXPECTED_COUNT = {"train": 60_000, "test": 10_000}
 VAL_SIZE = 5_000
 SPLIT_SEED = 0  # the validation split never changes between runs, so trials stay comparable
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+# What each input scaling makes of images x in [0, 1] (prepare applies it; a saved model records it).
+SCALINGS = {"unit": "x", "center": "x - 0.5", "standard": f"(x - {MNIST_MEAN}) / {MNIST_STD}"}
 
 
 @dataclass
@@ -159,7 +161,7 @@ def to_device(data: Mnist, device: torch.device | str) -> dict[str, DeviceSplit]
 
 
 def prepare(x: torch.Tensor, inputs: str) -> torch.Tensor:
-    """Images in [0, 1] as a net trains on them: unit x, center x - 0.5, standard (x - mean) / std."""
+    """Images x in [0, 1] scaled as SCALINGS[inputs] says."""
     if inputs == "unit":
         return x
     if inputs == "center":
