@@ -168,7 +168,7 @@ def train_in_trial(config: dict[str, Any], data: Mnist, spec: dict[str, Any],
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location=device, weights_only=False)
+            state = models.load_state(Path(d) / "state.pt", device)
             model.load_state_dict(models.load(Path(d) / "model.pt").state_dict())
         opt.load_state_dict(state["optimizer"])
         initial, start_epoch = state["initial"], state["epoch"]
