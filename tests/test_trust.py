@@ -1,6 +1,8 @@
 """Trust: model files hold no code and describe themselves, results are readable, a run folder has one user."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from importlib import metadata
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tune_mnist import data, models
+from tune_mnist import data, files, models
 from tune_mnist.errors import UserError
 from tune_mnist.train import TrainConfig, evaluate, fit
 
@@ -93,3 +95,26 @@ def test_a_standardised_mlp_reproduces_its_test_accuracy_in_a_fresh_process_from
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == [repr(metrics["test_acc"])] * 2
+
+
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_results_get_the_modes_the_umask_leaves(tmp_path, umask, file_mode, folder_mode):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    writers = {
+        "table.csv": lambda path: files.write_csv(path, pd.DataFrame({"a": [1, 2]})),
+        "result.json": lambda path: files.write_json(path, {"a": 1}),
+        "figure.png": lambda path: files.save_figure(path, plt.subplots()[0]),
+        "model.pt": lambda path: models.save(path, models.mlp([4]), {"family": "mlp", "widths": [4]}),
+    }
+    old = os.umask(umask)
+    try:
+        for name, write in writers.items():
+            write(tmp_path / name / "new" / name)
+    finally:
+        os.umask(old)
+    for name in writers:
+        assert stat.S_IMODE((tmp_path / name / "new" / name).stat().st_mode) == file_mode, name
+        for folder in (tmp_path / name, tmp_path / name / "new"):
+            assert stat.S_IMODE(folder.stat().st_mode) == folder_mode, folder
