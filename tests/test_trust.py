@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from tune_mnist import data, files, models
+from conftest import cli as run_cli
+from tune_mnist import cli, data, files, models, runs
 from tune_mnist.errors import UserError
 from tune_mnist.train import TrainConfig, evaluate, fit
 
@@ -118,3 +119,40 @@ def test_results_get_the_modes_the_umask_leaves(tmp_path, umask, file_mode, fold
         assert stat.S_IMODE((tmp_path / name / "new" / name).stat().st_mode) == file_mode, name
         for folder in (tmp_path / name, tmp_path / name / "new"):
             assert stat.S_IMODE(folder.stat().st_mode) == folder_mode, folder
+
+
+HOLD = """
+import sys, time
+from tune_mnist import runs
+runs.lock(sys.argv[1])
+print("held", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_run_folder_in_use_is_refused_until_its_holder_dies(tmp_path):
+    run_dir = tmp_path / "linear" / "r"
+    s = cli.settings(cli.build_parser().parse_args(["linear", "--smoke", "--train-limit", "-5"]))
+    runs.start(run_dir, "linear", s)  # a resume of it stops at --train-limit, before Ray starts
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = sorted(p.name for p in run_dir.iterdir())
+        refused = run_cli("linear", "--resume", str(run_dir), timeout=120)
+        assert refused.returncode == 2 and refused.stderr == (
+            f"tune_mnist: error: {run_dir} is in use by another command (pid {holder.pid}): "
+            "wait for it to finish, or stop it\n")
+        assert sorted(p.name for p in run_dir.iterdir()) == before
+    finally:
+        holder.kill()  # SIGKILL: the lock goes with the process all the same
+        holder.wait()
+    resumed = run_cli("linear", "--resume", str(run_dir), timeout=120)
+    assert resumed.returncode == 2 and resumed.stderr.strip() == (
+        "tune_mnist: error: --train-limit/--eval-limit must be >= 0"), "past the lock, to the next check"
+
+
+def test_a_process_may_lock_a_folder_it_holds_again(tmp_path):
+    runs.lock(tmp_path)
+    runs.lock(tmp_path)
+    other = subprocess.run([sys.executable, "-c", HOLD, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert other.returncode == 1 and f"is in use by another command (pid {os.getpid()})" in other.stderr

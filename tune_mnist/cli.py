@@ -87,6 +87,7 @@ def run_study(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         s = runs.read(run_dir, study.NAME)["args"]
+        runs.lock(run_dir)
         s.update({k: getattr(args, k) for k in RESOURCE_FLAGS})  # the cluster may differ on resume
     else:
         s = settings(args)
@@ -105,6 +106,7 @@ def run_study(args: argparse.Namespace) -> int:
         storage.check(res.storage)
     if not args.resume:
         runs.start(run_dir, study.NAME, s)
+        runs.lock(run_dir)
     print(f"tune_mnist {study.NAME}: run folder {run_dir}" + (f", shared copy {res.storage}" if res.storage else ""),
           flush=True)
     start = time.time()
