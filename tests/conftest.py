@@ -20,11 +20,15 @@ def mnist():
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for all in-process study runs: the CLI joins it instead of starting its own."""
+def ray_session(tmp_path_factory):
+    """One local Ray for all in-process study runs: the CLI joins it instead of starting its own.
+
+    Always a new, private one ("local", its files under pytest's tmp): never a Ray someone else started here.
+    """
     import ray
 
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, configure_logging=False,
+             log_to_driver=False, _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield
     ray.shutdown()
 

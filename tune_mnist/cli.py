@@ -66,6 +66,7 @@ def run_study(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         saved = runs.read(run_dir, study.NAME)["settings"]
+        runs.lock(run_dir)
         given = {k: getattr(args, k) for k in RESOURCES if getattr(args, k) is not None}  # the cluster may differ
         s = settings.build(study.Settings, {**saved, **given})
     else:
@@ -93,6 +94,7 @@ def run_study(args: argparse.Namespace) -> int:
         storage.check(res.storage)
     if not args.resume:
         runs.start(run_dir, study.NAME, dataclasses.asdict(s), ["python", "-m", "tune_mnist", *args.argv])
+        runs.lock(run_dir)
     print(f"tune_mnist {study.NAME}: run folder {run_dir}" + (f", shared copy {res.storage}" if res.storage else ""),
           flush=True)
     start = time.time()

@@ -24,10 +24,12 @@ FILES = {
     "test_y": "t10k-labels-idx1-ubyte",
 }
 EXPECTED_COUNT = {"train": 60_000, "test": 10_000}
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-INPUTS = ("unit", "center", "standard")
 VAL_SIZE = 5_000
 SPLIT_SEED = 0  # the validation split never changes between runs, so trials stay comparable
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+# What each input scaling makes of images x in [0, 1] (scale_inputs applies it; a saved model records it).
+SCALINGS = {"unit": "x", "center": "x - 0.5", "standard": f"(x - {MNIST_MEAN}) / {MNIST_STD}"}
+INPUTS = tuple(SCALINGS)
 
 
 @dataclass
@@ -160,7 +162,7 @@ def to_device(data: Mnist, device: torch.device | str) -> dict[str, DeviceSplit]
 
 
 def scale_inputs(x: torch.Tensor, inputs: str) -> torch.Tensor:
-    """Images in [0, 1] as a net takes them: "unit" as they are, "center" x - 0.5, "standard" (x - mean) / std."""
+    """Images x in [0, 1] as a net takes them: SCALINGS[inputs]."""
     if inputs == "unit":
         return x
     if inputs == "center":

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Calls write(tmp_path) for a temp file in the target's folder, then renames it over `path`."""
+    """Calls write(tmp_path) for a temp file in the target's folder, then renames it over `path`.
+
+    The file and any folders made for it get the modes the umask leaves (0644 and 0755 under umask 022).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # mode 0666 less the umask, as open() gives; mkstemp's files are 0600 whatever the umask
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -73,13 +73,15 @@ def fetch(location: str, target: str) -> None:
 
 def read_checkpoint(location: str) -> dict:
     """A checkpoint file (a local path or URI) as tensors and plain containers, loaded without running code."""
-    import io
+    import tempfile
 
-    import torch
+    from tune_mnist import models
 
-    fs, path = resolve(location)
-    with fs.open_input_stream(path) as src:
-        return torch.load(io.BytesIO(src.read()), map_location="cpu", weights_only=True)
+    if not is_uri(location):
+        return models.load_state(location)
+    with tempfile.NamedTemporaryFile(suffix=".pt") as local:
+        fetch(location, local.name)
+        return models.load_state(local.name)
 
 
 def checkpoint_location(checkpoint: "ray.tune.Checkpoint") -> str:  # noqa: F821

@@ -83,7 +83,7 @@ class RandomSearch(tune.Trainable):
         torch.save(self.search.state_dict(), Path(checkpoint_dir) / "search.pt")
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
-        self.search.load_state_dict(torch.load(Path(checkpoint_dir) / "search.pt", weights_only=False))
+        self.search.load_state_dict(models.load_state(Path(checkpoint_dir) / "search.pt"))
 
 
 def tag(config: dict[str, Any]) -> str:
@@ -133,7 +133,7 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
         if result.checkpoint is None:
             continue
         with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "search.pt", weights_only=False)
+            state = models.load_state(Path(d) / "search.pt")
         out = write_search(run_dir / "searches" / tag(result.config), state, result.metrics, s.n_val)
         best = out["history"][-1] if out["history"] else {}
         rows.append({**{k: result.config[k] for k in COLUMNS}, "evaluated": out["evaluated"],

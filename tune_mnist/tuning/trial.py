@@ -36,7 +36,7 @@ Finish = Callable[[Population, dict[str, torch.Tensor], dict[str, DeviceSplit]],
 def load_state(checkpoint: tune.Checkpoint) -> dict[str, Any]:
     """A trial checkpoint's state, read without running any code it might hold."""
     with checkpoint.as_directory() as d:
-        return torch.load(Path(d) / STATE, map_location="cpu", weights_only=True)
+        return models.load_state(Path(d) / STATE)
 
 
 def train(data: Mnist, members: Sequence[Member], cfg: TrainConfig, extra: dict[str, Any] | None = None,
