@@ -1,16 +1,16 @@
-"""A population of R members equals R separate runs of the same seeds, member by member."""
-
-import json
-import os
-from dataclasses import replace
+"""A population of R members equals R separate runs, member by member, whatever their widths, lr and weight decay."""
 
 import pytest
 import torch
 
 from conftest import under_triton_interpreter
-from tune_mnist import data, models
-from tune_mnist import population as pop
-from tune_mnist.train import TrainConfig, fit
+from tune_mnist import data, kernels, models
+from tune_mnist.population import Member, Population
+from tune_mnist.train import TrainConfig, Trainer, compile_ahead, fit, kernel_key, same_kernels
+
+
+def separately(members, splits, cfg):
+    return [fit(Population([m], "cpu"), splits, cfg)[0] for m in members]
 
 
 @pytest.mark.parametrize("spec", [
@@ -19,16 +19,49 @@ from tune_mnist.train import TrainConfig, fit
 ])
 def test_members_equal_separate_runs(spec, mnist):
     splits = data.to_device(data.subset(mnist, 2000, 500), "cpu")
-    seeds, corruption = [0, 1, 2], [0.0, 0.3, 0.6]
-    cfg = TrainConfig(epochs=2, batch_size=128, weight_decay=1e-4)
-    members = pop.fit(pop.Population(spec, seeds, "cpu"), splits, cfg, corruption)
-    for r, (seed, p) in enumerate(zip(seeds, corruption)):
-        torch.manual_seed(seed)
-        alone = fit(models.build(spec), splits, TrainConfig(**{**cfg.as_dict(), "seed": seed, "corruption": p}))
+    members = [Member(spec, seed=s, weight_decay=1e-4, corruption=p) for s, p in [(0, 0.0), (1, 0.3), (2, 0.6)]]
+    cfg = TrainConfig(epochs=2, batch_size=128)
+    together = fit(Population(members, "cpu"), splits, cfg)
+    for r, alone in enumerate(separately(members, splits, cfg)):
         for key in ("final_train_loss", "val_loss", "test_loss", "train_loss"):
-            assert members[r][key] == pytest.approx(alone[key], rel=1e-5, abs=1e-6), (r, key)
-        assert members[r]["test_acc"] == pytest.approx(alone["test_acc"], abs=2e-3)
-    assert members[0]["test_acc"] > 0.3  # they learn
+            assert together[r][key] == pytest.approx(alone[key], rel=1e-5, abs=1e-6), (r, key)
+        assert together[r]["test_acc"] == pytest.approx(alone["test_acc"], abs=2e-3)
+    assert together[0]["test_acc"] > 0.3  # they learn
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_members_of_different_widths_lr_and_weight_decay_equal_separate_runs(activation, mnist):
+    """Padded to the widest, masked: sigmoid's padded units would output 1/2 and train their weights unmasked."""
+    splits = data.to_device(data.subset(mnist, 2000, 500), "cpu")
+    shapes = [[64, 32], [20, 90], [48, 48]]
+    members = [Member({"family": "mlp", "widths": w, "activation": activation}, seed=r, lr=lr, weight_decay=wd)
+               for r, (w, lr, wd) in enumerate(zip(shapes, [1e-3, 3e-3, 5e-4], [0.0, 1e-3, 1e-2]))]
+    for optimizer in ("adam", "adamw"):
+        cfg = TrainConfig(epochs=2, batch_size=100, optimizer=optimizer)
+        pop = Population(members, "cpu")
+        together = fit(pop, splits, cfg)
+        for r, alone in enumerate(separately(members, splits, cfg)):
+            for key in ("final_train_loss", "val_loss", "test_loss"):
+                assert together[r][key] == pytest.approx(alone[key], rel=5e-4), (optimizer, r, key)
+            assert pop.n_params(r) == models.n_params(models.build(members[r].spec))
+        padding = pop.params["3.weight"][1, :, 20:]  # member 1's second layer reads 20 units of a padded 64
+        assert torch.count_nonzero(padding) == 0, "padded weights stay zero"
+        assert len({round(m["val_loss"], 4) for m in together}) == 3
+
+
+def test_members_let_go_stop_and_the_rest_train_as_before(mnist):
+    """Successive halving compacts the population; the members that go on continue exactly."""
+    splits = data.to_device(data.subset(mnist, 1000, 300), "cpu")
+    spec = {"family": "mlp", "widths": [32], "activation": "relu"}
+    members = [Member(spec, seed=s, lr=lr) for s, lr in enumerate([1e-3, 1e-2, 3e-3])]
+    cfg = TrainConfig(epochs=3, batch_size=128)
+    trainer = Trainer(Population(members, "cpu"), splits, cfg)
+    for metrics in trainer.epochs():
+        if metrics[0]["epoch"] == 1:
+            trainer.keep([0, 2])
+    assert [m.seed for m in trainer.pop.members] == [0, 2] and trainer.pop.params["1.weight"].shape[0] == 2
+    alone = separately([members[0], members[2]], splits, cfg)
+    assert [m["val_loss"] for m in metrics] == pytest.approx([a["val_loss"] for a in alone], rel=1e-5)
 
 
 def test_corruption_noise_is_drawn_afresh_each_epoch(mnist):
@@ -37,106 +70,103 @@ def test_corruption_noise_is_drawn_afresh_each_epoch(mnist):
     splits = data.to_device(data.subset(mnist, 64, 64), "cpu")
     freq = torch.bincount(splits["train"].y, minlength=10).float() / 64
     entropy = -(freq[freq > 0] * freq[freq > 0].log()).sum().item()
-    spec, cfg = {"family": "mlp", "widths": [256], "activation": "relu"}, TrainConfig(epochs=40, batch_size=0, lr=1e-2)
-    alone = fit(models.build(spec), splits, replace(cfg, corruption=1.0))
-    members = pop.fit(pop.Population(spec, [0, 1], "cpu"), splits, cfg, [1.0, 1.0])
-    clean = fit(models.build(spec), splits, cfg)
+    spec, cfg = {"family": "mlp", "widths": [256], "activation": "relu"}, TrainConfig(epochs=40, batch_size=0)
+    noisy = fit(Population([Member(spec, seed=s, lr=1e-2, corruption=1.0) for s in (0, 1)], "cpu"), splits, cfg)
+    (clean,) = fit(Population([Member(spec, lr=1e-2)], "cpu"), splits, cfg)
     assert clean["train_loss"] < 0.2 * entropy  # 64 clean images are memorised
-    for m in [alone, *members]:
+    for m in noisy:
         assert m["train_loss"] > 0.8 * entropy
 
 
 def test_member_weights_load_into_a_plain_model():
     spec = {"family": "mlp", "widths": [16], "activation": "relu"}
-    population = pop.Population(spec, [4, 5], "cpu")
+    pop = Population([Member({**spec, "widths": [30]}, seed=4), Member(spec, seed=5)], "cpu")
     torch.manual_seed(5)
     alone = models.build(spec)
     twin = models.build(spec)
-    twin.load_state_dict(population.member_state(1))
+    twin.load_state_dict(pop.member_state(1))
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(twin(x), alone(x))
+    assert torch.allclose(pop(x, shared=True)[1], alone(x), atol=1e-6)
+
+
+def test_a_diverging_member_stops_alone_and_all_diverging_fail_the_population(mnist):
+    splits = data.to_device(data.subset(mnist, 1000, 200), "cpu")
+    spec = {"family": "mlp", "widths": [], "activation": "relu"}
+    cfg = TrainConfig(epochs=10, batch_size=0, optimizer="sgd", inputs="center")
+    healthy, wild = Member(spec, seed=0, lr=0.5), Member(spec, seed=1, lr=1e38)
+    trainer, errors = Trainer(Population([healthy, wild], "cpu"), splits, cfg), []
+    for metrics in trainer.epochs():
+        errors += [m.get("error", "") for m in metrics]
+        trainer.keep([r for r, m in enumerate(metrics) if "error" not in m])
+    assert trainer.pop.members == [healthy] and metrics[0]["test_acc"] > 0.3
+    assert sum("diverged" in e for e in errors) == 1 and len(errors) > 10, "reported once, then gone"
+    with pytest.raises(FloatingPointError, match="diverged"):
+        fit(Population([wild, wild], "cpu"), splits, cfg)
 
 
 def test_a_short_split_ends_in_a_batch_as_large_as_the_whole_splits():
     split = data.DeviceSplit(torch.rand(1000, 1, 28, 28), torch.zeros(1000, dtype=torch.long))
-    short = pop.same_kernels(split, 128)
+    short = same_kernels(split, 128)
     assert len(short) == 3 * 128 + 1000 % 128 and torch.equal(short.x, split.x[:len(short)])
-    assert pop.same_kernels(split, 300) is split  # no shorter split has its last batch
+    assert same_kernels(split, 300) is split  # no shorter split has its last batch
 
 
-def test_kernels_asked_for_again_are_waited_for_not_compiled_again(mnist):
+def test_kernels_asked_for_again_are_waited_for_and_mlps_share_theirs(mnist):
+    """Compiling ahead starts each kind once: an MLP's kernels do not take its activation or widths, a CNN's do."""
     train = data.to_device(data.subset(mnist, 300, 10), "cpu")["train"]
-    spec, cfg = {"family": "mlp", "widths": [8], "activation": "relu"}, TrainConfig(batch_size=64, corruption=0.5)
-    pop.compile_kernels([spec], train, cfg, wait=False)  # as corruption's prepare does, before Ray starts
-    key = json.dumps(pop.kernel_spec(spec), sort_keys=True)
-    started = {k: v for k, v in pop._compiling.items() if k[1] == key}
-    pop.compile_kernels([spec], train, cfg)
-    again = {k: v for k, v in pop._compiling.items() if k[1] == key}
-    assert len(started) == 2 and again == started
-    assert all(f.done() and f.exception() is None for f in started.values())
-
-
-def test_kernels_are_compiled_once_for_the_activations_that_share_them(mnist):
-    """An MLP's kernels do not take its activation, so a campaign's MLPs compile them once; a CNN's fused blocks do."""
-    train = data.to_device(data.subset(mnist, 300, 10), "cpu")["train"]
-    cfg = TrainConfig(batch_size=48, corruption=0.5)
-    for family, shape in (("mlp", {"widths": [8]}), ("cnn", {"channels": [2], "hidden": 4})):
-        specs = [{"family": family, **shape, "activation": act} for act in ("relu", "tanh", "gelu")]
-        before = set(pop._compiling)
-        pop.compile_kernels(specs, train, cfg)
-        assert len(set(pop._compiling) - before) == (2 if family == "mlp" else 6), family  # training and evaluation
-
-
-def test_a_diverging_member_fails_the_population(mnist):
-    splits = data.to_device(data.subset(mnist, 1000, 200), "cpu")
-    population = pop.Population({"family": "mlp", "widths": [], "activation": "relu"}, [0, 1], "cpu")
-    cfg = TrainConfig(epochs=3, batch_size=0, optimizer="sgd", lr=1e38, inputs="center")
-    with pytest.raises(FloatingPointError, match="diverged"):
-        pop.fit(population, splits, cfg, [0.0, 0.0])
-
-
-def test_population_size_defaults_by_device_and_never_exceeds_the_runs():
-    from tune_mnist.driver import Resources, population_size
-
-    gpu, cpu = Resources(gpus_per_trial=0.5), Resources(gpus_per_trial=0.0)
-    assert population_size(0, gpu, 40) == 16 and population_size(0, cpu, 40) == 1
-    assert population_size(0, gpu, 3) == 3 and population_size(0, gpu, 1) == 1  # one seed trains alone
-    assert population_size(4, cpu, 10) == 4  # an explicit --population holds on a CPU too
+    cfg = TrainConfig(batch_size=48)
+    mlps = [Member({"family": "mlp", "widths": [8 + i], "activation": a}, corruption=0.5)
+            for i, a in enumerate(("relu", "tanh", "gelu"))]
+    cnns = [Member({"family": "cnn", "channels": [2], "hidden": 4, "activation": a}) for a in ("relu", "tanh")]
+    before = set(kernels._compiled)
+    compile_ahead(mlps + cnns, train, cfg, wait=False)  # as corruption's prepare does, before Ray starts
+    started = set(kernels._compiled) - before
+    compile_ahead(mlps + cnns, train, cfg)
+    assert set(kernels._compiled) - before == started
+    assert len(started) == 2 * (1 + 2), "training and evaluation, for the MLPs once and each CNN"
+    assert len({kernel_key(m, train, cfg) for m in mlps}) == 1
+    assert all(kernels._compiled[k].done() and kernels._compiled[k].exception() is None for k in started)
 
 
 DENSE_ADAM = """
 import torch
-from tune_mnist import data, population as pop, train
+from tune_mnist import data
+from tune_mnist.optim import Optimizer
+from tune_mnist.population import Member, Population
+from tune_mnist.train import TrainConfig, Trainer, make_optimizer
 
 splits = data.to_device(data.subset(data.load(), 512, 128), "cpu")
-spec = {"family": "mlp", "widths": [40, 24], "activation": "tanh"}
+members = [Member({"family": "mlp", "widths": w, "activation": "tanh"}, seed=s, lr=lr, weight_decay=wd, corruption=p)
+           for s, (w, lr, wd, p) in enumerate([([40, 24], 3e-3, 0.05, 0.0), ([16, 30], 1e-3, 0.0, 0.3)])]
 for optimizer in ("adam", "adamw"):
-    cfg = train.TrainConfig(batch_size=100, optimizer=optimizer, weight_decay=0.05, lr=3e-3)
-    fused, plain, start = (pop.Population(spec, [0, 1], "cpu") for _ in range(3))
-    torch_adam = train.make_optimizer(list(plain.params.values()), cfg)
-    for p, opt in ((fused, pop.make_optimizer(fused, cfg)), (plain, torch_adam)):
-        run = pop.epoch_loop(p, opt, splits["train"], cfg, [0.0, 0.3])
-        for epoch in range(2):
-            run(epoch)
-    assert fused.dense_adam is not None and plain.dense_adam is None
+    cfg = TrainConfig(epochs=2, batch_size=100, optimizer=optimizer)
+    fused, plain, start = (Population(members, "cpu") for _ in range(3))
+    kernel_opt = make_optimizer(fused, cfg)
+    torch_opt = Optimizer(plain.params, optimizer, [m.lr for m in members], [m.weight_decay for m in members])
+    torch_opt.kernels, torch_opt.fused, torch_opt.step_count = False, {}, 0  # torch ops only, as without Triton
+    for pop, opt in ((fused, kernel_opt), (plain, torch_opt)):
+        list(Trainer(pop, splits, cfg, opt).epochs())
+    assert kernel_opt.fused and kernel_opt.kernels and not torch_opt.fused
     assert all(fused.params[k].grad is None for k in ("1.weight", "3.weight", "5.weight"))
-    for k, w in fused.params.items():  # measured 1e-6-2e-5 of how far they moved; 0.5 or more without Adam's
-        moved = (plain.params[k] - start.params[k]).norm()  # second bias correction
+    for k, w in fused.params.items():  # measured 1e-6-2e-5 of how far they moved
+        moved = (plain.params[k] - start.params[k]).norm()
         assert (w - plain.params[k]).norm() < 1e-4 * moved, (optimizer, k)
 """
 
 
-def test_dense_adam_kernel_updates_weights_as_torchs_adam():
-    """The dense weights' Adam (and AdamW) fused into their gradient's product, under Triton's interpreter:
-    12 steps of 2 members (a last partial batch each epoch) end where torch's optimizer ends."""
+def test_adam_kernels_update_weights_as_the_torch_ops():
+    """The dense weights' Adam fused into their gradient's product, and every other parameter's Adam kernel, under
+    Triton's interpreter: 12 steps of 2 members of different widths, lr and weight decay end where torch's ops do."""
     under_triton_interpreter(DENSE_ADAM)
 
 
 FUSED_BLOCKS = """
 import torch
 from torch import nn
-from tune_mnist import conv_pool, models
-from tune_mnist import population as pop
+from tune_mnist import models
+from tune_mnist.kernels import conv_pool
+from tune_mnist.population import Member, Population
 calls, blocks = [], conv_pool.blocks
 conv_pool.blocks = lambda *args: calls.append(1) or blocks(*args)
 
@@ -158,23 +188,16 @@ def as_the_kernels_round(params, layers, n_blocks):
 for act, channels in [("relu", [8, 16]), ("leaky_relu", [8, 16, 24]), ("tanh", [8, 16]), ("gelu", [4, 16, 16]),
                       ("sigmoid", [8, 16]), ("relu", [4, 64, 72])]:
     spec = {"family": "cnn", "channels": channels, "hidden": 32, "activation": act}
-    p = pop.Population(spec, [0, 1, 2], "cpu")
+    p = Population([Member(spec, seed=s) for s in range(3)], "cpu")
     assert p.fused_blocks == len(channels), (act, channels)
     as_the_kernels_round(p.params.values(), [m for _, m in p.layers], len(channels))
     x = torch.rand(3, 5, 1, 28, 28).half().float()
+    calls.clear()
     fused = p(x)
+    assert calls, (act, channels)
     fused_grads = torch.autograd.grad(fused.square().sum(), list(p.params.values()))
     with torch.inference_mode():
         fused_shared = p(x[0], shared=True)
-    torch.manual_seed(1)
-    alone = models.build(spec)  # a single CNN runs the same kernels, as a population of one
-    as_the_kernels_round(alone.parameters(), alone, len(channels))
-    calls.clear()
-    assert torch.allclose(alone(x[1]), fused[1], rtol=1e-5, atol=1e-6) and calls, (act, channels)
-    alone_grads = torch.autograd.grad(alone(x[1]).square().sum(), list(alone.parameters()))
-    plain_alone_grads = torch.autograd.grad(nn.Sequential.forward(alone, x[1]).square().sum(), list(alone.parameters()))
-    for a, b in zip(alone_grads, plain_alone_grads):
-        assert (a - b).abs().max() <= 1e-4 * b.abs().max(), (act, channels)
     p.fused_blocks = 0
     plain = p(x)
     plain_grads = torch.autograd.grad(plain.square().sum(), list(p.params.values()))
@@ -188,14 +211,12 @@ assert not conv_pool.fusable(nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPoo
 
 def test_fused_conv_blocks_equal_the_layers_they_replace():
     under_triton_interpreter(FUSED_BLOCKS)
-    spec = {"family": "cnn", "channels": [8], "hidden": 0, "activation": "relu"}
-    assert not pop.Population(spec, [0], "cpu").fused_blocks or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 COMPILE_AHEAD = """
 import torch
 from torch import nn
-from tune_mnist import conv_pool
+from tune_mnist.kernels import conv_pool
 
 
 def signature(kernel, grid, args, kwargs):

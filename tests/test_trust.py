@@ -1,5 +1,6 @@
 """Trust: model files hold no code and describe themselves, results are readable, a run folder has one user."""
 
+import dataclasses
 import json
 import os
 import stat
@@ -12,8 +13,10 @@ import pytest
 import torch
 
 from conftest import cli as run_cli
-from tune_mnist import cli, data, files, models, runs
+from tune_mnist import cli, data, files, models, runs, settings
+from tune_mnist.studies import linear
 from tune_mnist.errors import UserError
+from tune_mnist.population import Member, Population
 from tune_mnist.train import TrainConfig, evaluate, fit
 
 
@@ -83,14 +86,13 @@ print(repr((predicted == mnist.test_y).sum().item() / len(mnist.test_y)), repr(m
 
 def test_a_standardised_mlp_reproduces_its_test_accuracy_in_a_fresh_process_from_raw_images(mnist, tmp_path):
     splits = data.to_device(data.subset(mnist, 3000), "cpu")
-    torch.manual_seed(0)
     spec = {"family": "mlp", "widths": [32], "activation": "tanh", "inputs": "standard"}
-    net = models.build(spec)
-    metrics = fit(net, splits, TrainConfig(epochs=2, inputs="standard"))
+    net = Population([Member(spec)], "cpu")
+    (metrics,) = fit(net, splits, TrainConfig(epochs=2, inputs="standard"))
     assert len(splits["test"]) == 10_000 and metrics["test_acc"] > 0.8
     # fed unscaled, the same weights answer differently: matching the accuracy shows the file scales inputs
-    assert evaluate(net, splits["test"], "unit")["acc"] != metrics["test_acc"]
-    models.save(tmp_path / "mlp.pt", net, spec, test_acc=metrics["test_acc"])
+    assert evaluate(net, splits["test"], "unit")[0]["acc"] != metrics["test_acc"]
+    models.save(tmp_path / "mlp.pt", net.member_state(0), spec, test_acc=metrics["test_acc"])
 
     out = subprocess.run([sys.executable, "-c", RELOAD, str(tmp_path / "mlp.pt")], capture_output=True, text=True,
                          timeout=120)
@@ -132,8 +134,9 @@ time.sleep(300)
 
 def test_a_run_folder_in_use_is_refused_until_its_holder_dies(tmp_path):
     run_dir = tmp_path / "linear" / "r"
-    s = cli.settings(cli.build_parser().parse_args(["linear", "--smoke", "--train-limit", "-5"]))
-    runs.start(run_dir, "linear", s)  # a resume of it stops at --train-limit, before Ray starts
+    args = cli.build_parser().parse_args(["linear", "--train-limit", "-5"])
+    s = settings.Space(linear.Settings, "linear").settings(args, smoke=True)
+    runs.start(run_dir, "linear", dataclasses.asdict(s), [])  # a resume of it stops at --train-limit, before Ray starts
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"

@@ -34,31 +34,38 @@ _lock = threading.Lock()
 _threads: ThreadPoolExecutor | None = None
 
 
-def once(key: Hashable, compile: Callable[[], None]) -> None:
-    """Runs compile() the first time key is asked for, in this thread; later callers, in any thread, wait for it."""
+def _claim(key: Hashable) -> tuple[Future, bool]:
+    """The key's record, and whether this caller made it (and so must compile)."""
     with _lock:
         first = key not in _compiled
         if first:
             _compiled[key] = Future()
-        done = _compiled[key]
+        return _compiled[key], first
+
+
+def _run(done: Future, compile: Callable[[], None]) -> None:
+    try:
+        compile()
+    except BaseException as e:
+        done.set_exception(e)
+        raise
+    done.set_result(None)
+
+
+def once(key: Hashable, compile: Callable[[], None]) -> None:
+    """Runs compile() the first time key is asked for, in this thread; later callers, in any thread, wait for it."""
+    done, first = _claim(key)
     if first:
-        try:
-            compile()
-        except BaseException as e:
-            done.set_exception(e)
-            raise
-        done.set_result(None)
+        _run(done, compile)
     done.result()
 
 
 def in_background(key: Hashable, compile: Callable[[], None]) -> Future:
-    """once(key, compile) in a thread of its own."""
+    """once(key, compile) in a thread of its own; the key's record exists when this returns."""
     global _threads
-    with _lock:
-        _threads = _threads or ThreadPoolExecutor(16, thread_name_prefix="compile")
-    return _threads.submit(once, key, compile)
-
-
-def compiled(key: Hashable) -> bool:
-    """Whether key's compilation has finished."""
-    return key in _compiled and _compiled[key].done()
+    done, first = _claim(key)
+    if first:
+        with _lock:
+            _threads = _threads or ThreadPoolExecutor(16, thread_name_prefix="compile")
+        _threads.submit(_run, done, compile)
+    return done
