@@ -8,12 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tune_mnist import budget, cli, data, models
-from tune_mnist.train import evaluate
+from tune_mnist import cli, closed_form, data, models
+from tune_mnist.tuning.search import journal
 
 
 @pytest.fixture(scope="module")
@@ -28,49 +29,90 @@ def read_trials(run_dir: Path) -> pd.DataFrame:
     return pd.read_csv(run_dir / "trials.csv", keep_default_na=False, na_values=[""])
 
 
-def test_every_trial_is_a_row_with_exact_parameter_counts(run_dir):
+def study(run_dir: Path, P: int) -> optuna.Study:
+    return optuna.load_study(study_name=f"budget-P{P}", storage=journal(run_dir / "optuna.journal"))
+
+
+def test_every_member_is_a_row_with_exact_parameter_counts(run_dir):
     trials = read_trials(run_dir)
-    # smoke: grid k in {0 (linear), 1, 2, 3, 4} x 1 seed, then 3 Optuna trials, for each of two P
-    assert len(trials) == 2 * (5 + 3)
+    for P in (5000, 20000):
+        part = trials[trials.P == P]
+        # smoke: grid k in {0 (linear), 1.., 4} x 1 seed, then 6 Optuna trials, then the confirmed configurations
+        depths = [0, *closed_form.depth_grid(P, 4)]
+        assert sorted(part[part.stage == "grid"].k) == depths and (part.stage == "optuna").sum() == 6
+        assert (part.stage == "confirm").sum() >= 2 * 2
     assert trials["error"].isna().all()
-    assert trials["trial_id"].is_unique
     for row in trials.itertuples():
-        widths = budget.parse_widths(row.widths) if isinstance(row.widths, str) else []
-        assert row.params == budget.count(widths)
+        widths = closed_form.parse_widths(row.widths) if isinstance(row.widths, str) else []
+        assert row.params == closed_form.count(widths)
         if row.stage == "grid" and row.k > 0:
-            assert widths == [budget.width_for(row.k, row.P)] * row.k
-        if row.stage == "optuna":
+            assert widths == [closed_form.width_for(row.k, row.P)] * row.k
+        if row.stage != "grid":
             assert abs(row.params - row.P) <= 0.01 * row.P
     assert (trials.loc[trials.k == 0, "params"] == 7850).all()
-    grid = trials[trials.stage == "grid"]
-    assert (grid["epoch"] == 2).all() and grid["final_train_loss"].notna().all()
+    done = trials[trials.stopped_early == 0]
+    assert (done["epoch"] == 2).all() and done["final_train_loss"].notna().all()
     assert (trials["test_acc"] > 0.5).any()  # 2 epochs on 4,000 images already learn
+
+
+def test_each_member_is_its_own_optuna_trial_and_pruned_ones_are_marked(run_dir):
+    trials = read_trials(run_dir)
+    for P in (5000, 20000):
+        told = {t.number: t for t in study(run_dir, P).trials}
+        rows = trials[(trials.P == P) & (trials.stage == "optuna")].set_index("number")
+        assert sorted(told) == sorted(rows.index) == list(range(6))
+        for number, t in told.items():
+            row = rows.loc[number]
+            assert t.params["k"] == row.k and t.params["activation"] == row.activation
+            if row.stopped_early:
+                assert t.state == optuna.trial.TrialState.PRUNED and max(t.intermediate_values) == row.epoch
+            else:
+                assert t.state == optuna.trial.TrialState.COMPLETE and t.value == pytest.approx(row.val_loss)
+                assert sorted(t.intermediate_values) == [1, 2]
+        # 3 members a population: halving at epoch 1 stops the worst of each population's 3
+        assert rows.stopped_early.sum() == 2 and rows.groupby("trial_id")[["k", "activation"]].nunique().max().max() == 1
+
+
+def test_confirmation_trains_the_best_with_seeds_with_and_without_weight_decay(run_dir):
+    trials = read_trials(run_dir)
+    confirm = trials[trials.stage == "confirm"]
+    for _, runs in confirm.groupby(["P", "config"]):
+        decayed = runs[runs.weight_decay > 0]
+        assert sorted(runs.seed.unique()) == [0, 1]
+        assert len(decayed) in (0, len(runs) / 2) and (runs.weight_decay.isin([0, runs.config_weight_decay.iloc[0]])).all()
+    best = json.loads((run_dir / "best.json").read_text())
+    assert set(best) == {"5000", "20000"} and all(e[0]["seeds"] >= 2 for e in best.values())
 
 
 def test_plot_and_run_record(run_dir):
     png = (run_dir / "loss_vs_k.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     meta = json.loads((run_dir / "run.json").read_text())
-    assert meta["study"] == "budget" and meta["args"]["P"] == [5000, 20000]
-    assert (run_dir / "optuna.journal").stat().st_size > 0
+    assert meta["study"] == "budget" and meta["settings"]["P"] == [5000, 20000] and meta["command"][:4] == [
+        "python", "-m", "tune_mnist", "budget"]
 
 
-def test_tensorboard_scalars_for_every_trial(run_dir):
+def test_tensorboard_scalars_for_every_trial_and_member(run_dir):
+    trials = read_trials(run_dir)
     events = sorted(run_dir.glob("tune/*/trial_*/events.out.tfevents.*"))
-    assert len(events) == 16
+    assert len(events) == trials.trial_id.nunique()
     acc = EventAccumulator(str(events[0].parent)).Reload()
-    steps = acc.Scalars("ray/tune/val_loss")
-    assert len(steps) >= 1 and all(s.value > 0 for s in steps)
+    assert all(s.value > 0 for s in acc.Scalars("ray/tune/val_loss"))
+    pruned = trials[trials.stopped_early == 1].iloc[0]
+    member = run_dir / "tensorboard" / f"P{pruned.P}-optuna" / f"trial_{pruned.trial_id}" / f"m{pruned.member}"
+    steps = EventAccumulator(str(member)).Reload().Scalars("val_loss")
+    assert [s.step for s in steps] == [1] and steps[0].value == pytest.approx(pruned.val_loss)
 
 
 def test_exported_models_reload_with_the_same_test_accuracy(run_dir, mnist):
     best = json.loads((run_dir / "best.json").read_text())
-    assert set(best) == {"5000", "20000"}
     test = data.to_device(data.subset(mnist, 4000, 1000), "cpu")["test"]
     for P, entries in best.items():
         model = models.load(run_dir / entries[0]["file"])
         assert models.n_params(model) == entries[0]["params"]
-        assert evaluate(model, test)["acc"] == pytest.approx(entries[0]["test_acc"], abs=1e-9)
+        with __import__("torch").no_grad():
+            acc = (model(test.x).argmax(1) == test.y).float().mean().item()
+        assert acc == pytest.approx(entries[0]["test_acc"], abs=1e-6)
 
 
 def test_stage1_population_of_seeds_equals_separate_trials_and_exports(tmp_path, ray_session):
@@ -82,8 +124,7 @@ def test_stage1_population_of_seeds_equals_separate_trials_and_exports(tmp_path,
     assert (stacked["val_loss"] / separate.loc[stacked.index, "val_loss"] - 1).abs().max() < 5e-4
     best = json.loads((tmp_path / "budget" / "pop" / "best.json").read_text())["20000"][0]
     model = models.load(tmp_path / "budget" / "pop" / best["file"])  # a member's own weights
-    splits = data.to_device(data.subset(data.load(), 4000, 1000), "cpu")
-    assert evaluate(model, splits["test"])["acc"] == pytest.approx(best["test_acc"], abs=1e-6)
+    assert models.n_params(model) == best["params"]
 
 
 def test_export_command_writes_the_top_n(run_dir, capsys):
@@ -110,7 +151,7 @@ def test_killed_run_resumes_and_finishes_every_trial_once(tmp_path):
     for line in proc.stdout:
         seen.append(line)
         if " done " in line:
-            finished.append(line.split("done", 1)[1].split()[:2])  # ['k=..', 'seed=..']
+            finished.append(line.split("done", 1)[1].split()[:3:2])  # ['k=..', 'seed=..']
         if len(finished) >= 3 or time.time() > deadline:
             break
     os.killpg(proc.pid, signal.SIGKILL)
@@ -121,11 +162,12 @@ def test_killed_run_resumes_and_finishes_every_trial_once(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tune_mnist", "budget", "--resume", str(run_dir)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "trials already done" in done.stdout
     trials = read_trials(run_dir)
     configured = {(k, s) for k in [0, 1, 2, 3, 4, 6, 8] for s in (0, 1)}
     assert len(trials) == len(configured) == len(set(zip(trials.k, trials.seed)))
     assert set(zip(trials.k, trials.seed)) == configured
-    odd = trials[(trials["training_iteration"] != 4) | trials["error"].notna()]
+    odd = trials[(trials["epoch"] != 4) | trials["error"].notna()]
     assert odd.empty, odd[["k", "seed", "epoch", "training_iteration", "error", "trial_id"]].to_string()
     straight = subprocess.run([sys.executable, "-m", "tune_mnist", *args[:-1], "straight"],
                               capture_output=True, text=True, timeout=600)
@@ -158,7 +200,7 @@ def test_optuna_dashboard_opens_the_study_journal(run_dir):
                 time.sleep(0.2)
         names = {s["study_name"]: s["study_id"] for s in studies["study_summaries"]}
         assert set(names) == {"budget-P5000", "budget-P20000"}
-        study = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{names['budget-P20000']}"))
-        assert [t["state"] for t in study["trials"]] == ["Complete"] * 3  # the smoke run's 3 Optuna trials
+        shown = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{names['budget-P20000']}"))
+        assert sorted(t["state"] for t in shown["trials"]) == ["Complete"] * 4 + ["Pruned"] * 2
     finally:
         server.kill()

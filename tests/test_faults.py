@@ -12,6 +12,7 @@ import pytest
 
 from tune_mnist import cli
 from tune_mnist.files import atomic_write, read_table
+from tune_mnist.tuning.search import PopulationSearch, journal
 
 from conftest import cli as run_cli
 
@@ -45,28 +46,34 @@ def test_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_session
     assert trials[trials["lr"] == 0.3]["test_acc"].iloc[0] > 0.8  # the healthy trial finished
 
 
-def test_killed_optuna_search_resumes_with_its_history(tmp_path):
+def test_killed_optuna_search_resumes_with_its_history_and_no_member_twice(tmp_path):
+    """SIGKILL mid-stage-2 (populations of 2 Optuna trials): the resumed search keeps what Optuna was told and
+    trains every one of the 8 trials exactly once."""
     results = tmp_path / "results"
-    args = ["budget", "--P", "20000", "--max-depth", "1", "--seeds", "1", "--trials", "8", "--epochs", "3",
-            "--train-limit", "10000", "--eval-limit", "1000", "--max-concurrent", "2",
-            "--results", str(results), "--name", "o"]
-    start_and_kill(args, "[P20000-optuna]", 3)
+    args = ["budget", "--P", "20000", "--max-depth", "1", "--seeds", "1", "--trials", "8", "--search-population", "2",
+            "--epochs", "3", "--train-limit", "10000", "--eval-limit", "1000", "--max-concurrent", "2",
+            "--confirm-top", "1", "--confirm-seeds", "1", "--results", str(results), "--name", "o"]
+    start_and_kill(args, "[P20000-optuna]", 2)
     run_dir = results / "budget" / "o"
-    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal")))
-    told_before = [t for t in optuna.load_study(study_name="budget-P20000", storage=journal).trials if t.state.is_finished()]
-    assert len(told_before) >= 3
+    told_before = [t for t in load(run_dir).trials if t.state.is_finished()]
+    assert len(told_before) >= 2
 
     done = run_cli("budget", "--resume", str(run_dir), timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    study = optuna.load_study(study_name="budget-P20000", storage=journal)
-    finished = [t for t in study.trials if t.state.is_finished()]
-    # continued, not restarted (that would add 8 more). A trial that finished between Ray's last experiment
-    # snapshot and the kill is run again by Ray, so the journal may hold it twice: at most one per slot.
-    assert 8 <= len(finished) <= 8 + 2, [t.state for t in study.trials]
+    trials = load(run_dir).trials
+    assert len(trials) == 8 and all(t.state.is_finished() for t in trials), [t.state for t in trials]
     for before in told_before:  # what the sampler had learnt is still there, unchanged
-        assert study.trials[before.number].params == before.params
-    trials = read_table(run_dir / "trials.csv")
-    assert (trials["stage"] == "optuna").sum() == 8 and trials["trial_id"].is_unique
+        assert trials[before.number].params == before.params and trials[before.number].state == before.state
+    rows = read_table(run_dir / "trials.csv")
+    optuna_rows = rows[rows["stage"] == "optuna"]
+    assert sorted(optuna_rows["number"]) == list(range(8)), "every member once"
+    for t in trials:
+        row = optuna_rows[optuna_rows["number"] == t.number].iloc[0]
+        assert t.params["lr"] == pytest.approx(row["lr"]) and bool(row["stopped_early"]) == (t.state.name == "PRUNED")
+
+
+def load(run_dir) -> optuna.Study:
+    return optuna.load_study(study_name="budget-P20000", storage=journal(run_dir / "optuna.journal"))
 
 
 @pytest.mark.parametrize("max_failures", [0, 1])
@@ -104,18 +111,34 @@ def test_max_failures_retries_a_trial_whose_worker_died(tmp_path, max_failures):
         assert "errors=1" in out
 
 
-def test_searcher_ignores_results_of_a_trial_optuna_already_closed():
-    """The resume race, made deterministic: Optuna was told before the kill, Ray reruns and reports."""
-    from tune_mnist.studies.budget import ResumableOptunaSearch
+def test_searcher_hands_out_again_what_optuna_asked_after_rays_last_snapshot(tmp_path):
+    """The kill race, made deterministic: populations asked after the searcher's last save are trained on
+    restore, those Ray knew are not asked again, and a trial told before the kill is not told twice."""
+    def define(trial):
+        return {"k": trial.suggest_int("k", 1, 2), "x": trial.suggest_float("x", 0, 1)}
 
-    search = ResumableOptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)},
-                                   metric="val_loss", mode="min", seed=0)
-    search.suggest("t1")
-    search._ot_study.tell(search._ot_trials["t1"], 1.0)  # told before the kill (the journal has it)
-    search.on_trial_result("t1", {"val_loss": 0.5, "training_iteration": 1})  # Ray's rerun reports
-    search.on_trial_complete("t1", {"val_loss": 0.4, "training_iteration": 2})
-    (trial,) = search._ot_study.trials
-    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 1.0
+    def searcher():
+        return PopulationSearch(define, ["k"], n_trials=6, size=2, journal_path=tmp_path / "j", study_name="s",
+                                shared={"P": 1})
+
+    first = searcher()
+    known = first.suggest("t1")
+    first.save(str(tmp_path / "state"))
+    lost = first.suggest("t2")  # asked after Ray's last snapshot: neither Ray nor the saved searcher knows it
+    assert len({m["k"] for m in known["members"]}) == 1 and len(known["members"]) == 2
+    first.on_trial_result("t1", {"m0/val_loss": 0.5, "m0/epoch": 1, "m0/stopped_early": 1})
+    first.on_trial_complete("t1", {"m0/val_loss": 0.5, "m0/epoch": 1, "m0/stopped_early": 1,
+                                   "m1/val_loss": 0.3, "m1/epoch": 2})
+
+    again = searcher()
+    again.restore(str(tmp_path / "state"))
+    handed = again.suggest("t3")
+    assert [m["number"] for m in handed["members"]] == [m["number"] for m in lost["members"]]
+    assert [m["x"] for m in handed["members"]] == [m["x"] for m in lost["members"]], "their sampled values stand"
+    again.on_trial_complete("t1", {"m0/val_loss": 0.9, "m0/epoch": 2, "m1/val_loss": 0.9, "m1/epoch": 2})
+    pruned, complete = again.study.trials[:2]
+    assert pruned.state.name == "PRUNED" and complete.state.name == "COMPLETE" and complete.value == 0.3
+    assert again.suggest("t4")["members"][0]["number"] == 4 and again.suggest("t5") == PopulationSearch.FINISHED
 
 
 def test_atomic_write_leaves_no_half_file(tmp_path):

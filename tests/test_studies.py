@@ -61,20 +61,19 @@ def test_corruption_p1_is_chance_and_p0_learns(corruption_run):
     assert row["std"] == pytest.approx(runs.std(ddof=0)) and row["stderr"] == pytest.approx(runs.std(ddof=1) / 2 ** 0.5)
 
 
-def test_corruption_estimate_compiles_and_times_with_the_trials_optimizer(tmp_path):
-    """The estimate compiles the kernels the trials will launch: with SGD no population runs dense Adam's."""
+def test_corruption_estimate_times_populations_with_the_trials_settings():
+    """The estimate times (and compiles) what the trials train: their optimizer, lr and weight decay decide which
+    kernels run (a population's dense layers take Adam inside a kernel, SGD in torch)."""
+    from tune_mnist import settings
     from tune_mnist.studies import corruption
-    from tune_mnist.train import TrainConfig
 
-    space = (REPO / "tune_mnist/search_spaces/corruption.toml").read_text()
-    space = space.replace('optimizer = "adam"', 'optimizer = "sgd"').replace("lr = 1e-3", "lr = 0.05")
-    (tmp_path / "sgd.toml").write_text(space)
-    s = cli.settings(cli.build_parser().parse_args(["corruption", "--space", str(tmp_path / "sgd.toml"),
-                                                   "--weight-decay", "0.01", "--batch-size", "64"]))
-    probe = corruption.probe_config(s)
-    trial = TrainConfig.from_config({k: s[k] for k in corruption.TRAINING})
-    assert (probe.optimizer, probe.lr, probe.weight_decay, probe.batch_size) == ("sgd", 0.05, 0.01, 64)
-    assert probe == TrainConfig(**{**trial.as_dict(), "corruption": 0.5})
+    args = cli.build_parser().parse_args(["corruption", "--optimizer", "sgd", "--lr", "0.05", "--weight-decay",
+                                          "0.01", "--batch-size", "64"])
+    s = settings.Space(corruption.Settings, "corruption").settings(args)
+    probe = corruption.probe_members(s, "mlp", "tanh", 3)
+    assert [(m.lr, m.weight_decay, m.spec["activation"]) for m in probe] == [(0.05, 0.01, "tanh")] * 3
+    assert len({m.seed for m in probe}) == 3
+    assert corruption.training(s).optimizer == "sgd" and corruption.training(s).batch_size == 64
 
 
 def test_corruption_population_equals_separate_trials(corruption_run, results, capsys):
@@ -166,7 +165,7 @@ def budget_run(results, linear_run):
 
 def test_budget_draws_the_linear_run_as_reference(budget_run, linear_run):
     meta = json.loads((budget_run / "run.json").read_text())
-    assert meta["args"]["linear_run"] == str(linear_run)
+    assert meta["settings"]["linear_run"] == str(linear_run)
     assert (budget_run / "loss_vs_k.png").stat().st_size > 10_000
 
 
@@ -203,19 +202,23 @@ def test_study_bad_input(argv, message, tmp_path, capsys):
 
 def test_member_tensorboard_writes_each_run_once_and_skips_metrics_missing_at_an_epoch(tmp_path):
     """final_train_* is reported at the last epoch only; a population that starts again (a retried trial)
-    reports from epoch 1 again, and its runs hold its new reports only."""
+    reports from epoch 1 again, and its runs hold its last report of each epoch only."""
     import pickle
     from types import SimpleNamespace
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tune_mnist.driver import MemberTensorboard
+    from tune_mnist.tuning.tensorboard import MemberTensorboard
 
     callback = pickle.loads(pickle.dumps(MemberTensorboard(tmp_path / "tb")))  # the Tuner pickles it
-    trial = SimpleNamespace(trial_id="0", path=str(tmp_path / "trial_0"))
+    trial = SimpleNamespace(trial_id="0", path=str(tmp_path / "trial_0"), local_path=str(tmp_path / "trial_0"),
+                            config={"members": [{"seed": 0}, {"seed": 1}]})
+    lines = []
     for epoch, loss in [(1, 0.9), (2, 0.8), (1, 0.7), (2, 0.5)]:  # failed after epoch 2, then retried
-        result = {"population": 1, "epoch": float(epoch), "m0/epoch": epoch, "m0/val_loss": loss}
-        callback.on_trial_result(0, [], trial, {**result, "m0/final_train_loss": 0.4} if loss == 0.5 else result)
+        result = {"population": 2, "epoch": float(epoch), "m0/epoch": epoch, "m0/val_loss": loss}
+        lines.append({**result, "m0/final_train_loss": 0.4} if loss == 0.5 else result)
+    (tmp_path / "trial_0").mkdir()
+    (tmp_path / "trial_0" / "result.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
     callback.on_trial_complete(0, [], trial)
     callback.on_experiment_end([])
     acc = EventAccumulator(str(tmp_path / "tb" / "trial_0" / "m0")).Reload()

@@ -46,6 +46,7 @@ class Settings(Common):
     batch_size: int
     optimizer: str
     population: int
+    linear_run: str
     max_depth: int
     seeds: int
     lr: float
@@ -76,6 +77,8 @@ def check(s: Settings) -> None:
     require(s.optimizer in ("adam", "adamw"), f"--optimizer must be adam or adamw, got {s.optimizer!r}")
     for act in [s.activation, *s.activations]:
         require(act in models.ACTIVATIONS, f"unknown activation {act!r}; choose from {', '.join(models.ACTIVATIONS)}")
+    if s.linear_run:
+        require((Path(s.linear_run) / "trials.csv").is_file(), f"{s.linear_run} is not a finished linear run")
     for shape in s.shapes:
         require(shape in SHAPES, f"unknown shape family {shape!r}; choose from {', '.join(SHAPES)}")
     for name in ("ratio", "lr_range", "weight_decay_range"):
@@ -249,7 +252,7 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
         frames += found
     trials = pd.concat(frames, ignore_index=True)
     write_csv(run_dir / "trials.csv", trials)
-    best = export(run_dir, trials) if s.trials else {}
+    best = export(run_dir, trials)
     return answers.write(run_dir, trials, best)
 
 

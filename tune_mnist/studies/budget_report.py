@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from tune_mnist import plots
+from tune_mnist import plots, runs
 from tune_mnist.files import read_table
 
 CONFIG = ["k", "widths", "shape", "activation", "lr", "weight_decay"]
@@ -31,13 +31,21 @@ def ranked_configs(part: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
     return sorted(groups, key=lambda g: g[1]["val_loss"].mean())
 
 
+def reference(trials: pd.DataFrame, linear_run: str) -> tuple[str, float] | None:
+    """The 7,850-parameter linear model's training loss: a linear run's best, else this run's k = 0 members."""
+    if linear_run:
+        linear = read_table(Path(linear_run) / "trials.csv")
+        return "linear study best (7,850 params)", float(linear["final_train_loss"].min())
+    own = trials[(trials["stage"] == "grid") & (trials["k"] == 0) & trials["error"].eq("")]
+    return ("linear, same training (7,850 params)", float(own["final_train_loss"].min())) if len(own) else None
+
+
 def draw(run_dir: Path, trials: pd.DataFrame, out: Path) -> None:
     grid = trials[(trials["stage"] == "grid") & trials["error"].eq("")]
     uniform = grid[grid["k"] > 0].groupby(["P", "k"], as_index=False)[["final_train_loss", "test_loss"]].mean()
-    own = grid[grid["k"] == 0]
-    reference = ("linear, same training (7,850 params)", float(own["final_train_loss"].min())) if len(own) else None
+    line = reference(trials, runs.read(run_dir)["settings"]["linear_run"])
     plots.lines(out / "loss_vs_k.png", uniform, "k", ["final_train_loss", "test_loss"], "P", logx=True,
-                title="Loss vs depth at a fixed parameter budget", reference=reference)
+                title="Loss vs depth at a fixed parameter budget", reference=line)
 
 
 def write(run_dir: Path, trials: pd.DataFrame, best: dict[str, Any]) -> dict[str, Any]:
