@@ -23,10 +23,10 @@ def _pyplot():
 
 
 def lines(path: Path, frame: pd.DataFrame, x: str, ys: Sequence[str], group: str, *, title: str,
-          logx: bool = False, yerr: Sequence[str] | None = None,
+          logx: bool = False, logy: bool = False, yerr: Sequence[str] | None = None,
           reference: tuple[str, float] | None = None) -> None:
     """One subplot per y, one curve per value of `group`, optional error bars and a reference line (on the first)."""
-    fig, axes = _pyplot().subplots(1, len(ys), figsize=(6 * len(ys), 4.5), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(ys), figsize=(6 * len(ys), 4.5), squeeze=False, layout="constrained")
     for i, (ax, y) in enumerate(zip(axes.flat, ys)):
         for key, part in frame.groupby(group, sort=True):
             part = part.sort_values(x)
@@ -37,9 +37,59 @@ def lines(path: Path, frame: pd.DataFrame, x: str, ys: Sequence[str], group: str
         ax.set(xlabel=x, ylabel=y)
         if logx:
             ax.set_xscale("log", base=2)
-        ax.grid(alpha=0.3)
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle(title)
+    save_figure(path, fig)
+
+
+def intervals(path: Path, frame: pd.DataFrame, x: str, series: Sequence[tuple[str, str, str, str]], panel: str, *,
+              title: str, ylabel: str) -> None:
+    """One subplot per value of `panel`; per series (label, mean, low, high columns), a point with its interval at
+    each x (a category), the series side by side."""
+    keys = sorted(frame[panel].unique())
+    fig, axes = _pyplot().subplots(1, len(keys), figsize=(5.5 * len(keys), 4.5), squeeze=False, layout="constrained")
+    for ax, key in zip(axes.flat, keys):
+        part = frame[frame[panel] == key].reset_index(drop=True)
+        for i, (label, mean, low, high) in enumerate(series):
+            at = np.arange(len(part)) + (i - (len(series) - 1) / 2) * 0.2
+            err = np.vstack([part[mean] - part[low], part[high] - part[mean]]).clip(min=0)
+            ax.errorbar(at, part[mean], yerr=err, fmt="o", capsize=4, label=label)
+        ax.set_xticks(np.arange(len(part)), part[x].astype(str))
+        ax.set(title=f"{panel} = {key:,}" if isinstance(key, (int, np.integer)) else f"{panel} = {key}", xlabel=x,
+               ylabel=ylabel)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    save_figure(path, fig)
+
+
+def bars(path: Path, frame: pd.DataFrame, x: str, y: str, panel: str, *, title: str, ylabel: str) -> None:
+    """One subplot per value of `panel`, a horizontal bar per x."""
+    keys = sorted(frame[panel].unique())
+    fig, axes = _pyplot().subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False, layout="constrained")
+    for ax, key in zip(axes.flat, keys):
+        part = frame[frame[panel] == key].sort_values(y)
+        ax.barh(part[x].astype(str), part[y])
+        ax.set(title=f"{panel} = {key}", xlabel=ylabel)
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(title)
+    save_figure(path, fig)
+
+
+def front(path: Path, frame: pd.DataFrame, best: pd.DataFrame, x: str, y: str, group: str, *, title: str,
+          xlabel: str, ylabel: str) -> None:
+    """A point per row, coloured by `group`, and the rows of `best` joined as a front."""
+    fig, ax = _pyplot().subplots(figsize=(7.5, 5), layout="constrained")
+    for key, part in frame.groupby(group, sort=True):
+        ax.scatter(part[x], part[y], s=10, alpha=0.5, label=f"{group}={key}")
+    ax.step(best[x], best[y], where="post", color="k", linewidth=1.5, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     save_figure(path, fig)
 
 

@@ -41,17 +41,10 @@ class Report:
         """Records the exact command, shell-quoted so it can be pasted back."""
         self._made.append(f"```bash\n{shlex.join(argv)}\n```")
 
-    def versions(self) -> None:
-        """Records python and package versions, the date, and the git commit when the package is a checkout."""
-        found = {"python": platform.python_version()}
-        for name in ("torch", "ray", "optuna", "tune_mnist"):
-            try:
-                found[name] = metadata.version(name)
-            except metadata.PackageNotFoundError:
-                continue
-        found["date"] = time.strftime("%Y-%m-%d")
-        if commit := _git_commit(Path(__file__).parent):
-            found["commit"] = commit
+    def versions(self, found: dict[str, str] | None = None) -> None:
+        """Records the versions a run was made with (run.json's), or this process's: python and packages, the
+        date, and the git commit when the package is a checkout."""
+        found = dict(found or current_versions())
         self._made.append("\n".join(f"- {k}: {v}" for k, v in found.items()))
 
     def answer(self, text: str) -> None:
@@ -95,6 +88,29 @@ class Report:
         path = run_dir / "REPORT.md"
         atomic_write(path, lambda tmp: Path(tmp).write_text("\n\n".join(blocks) + "\n"))
         return path
+
+
+def current_versions() -> dict[str, str]:
+    """Python and package versions, today's date, and the git commit when the package is a checkout."""
+    found = {"python": platform.python_version()}
+    for name in ("torch", "ray", "optuna", "tune_mnist"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    found["date"] = time.strftime("%Y-%m-%d")
+    if commit := _git_commit(Path(__file__).parent):
+        found["commit"] = commit
+    return found
+
+
+def for_run(run_dir: Path, title: str, question: str) -> Report:
+    """A report whose "how this was made" is the run's own: its command and the versions it ran with."""
+    meta = runs.read(run_dir)
+    report = Report(title, question)
+    report.command(meta.get("command", []))
+    report.versions({**meta.get("versions", {}), "date": meta.get("created", "")[:10]})
+    return report
 
 
 def _cell(v: object, floatfmt: str) -> str:

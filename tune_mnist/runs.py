@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,12 @@ def new_run_dir(results: Path, study: str, name: str | None) -> Path:
 
 
 def versions() -> dict[str, str]:
-    """The versions of what a run's numbers depend on."""
-    from importlib.metadata import version
+    """The versions of what a run's numbers depend on, and the commit where the package is a git checkout."""
+    from tune_mnist.report import current_versions
 
-    return {"python": platform.python_version(),
-            **{name: version(name) for name in ("tune_mnist", "torch", "ray", "optuna", "numpy")}}
+    found = current_versions()
+    found.pop("date")
+    return found
 
 
 def start(run_dir: Path, study: str, settings: dict[str, Any], command: list[str]) -> None:

@@ -207,7 +207,7 @@ def confirm(s: Settings, P: int, frame: pd.DataFrame, run_dir: Path, data: Mnist
         for seed in range(s.confirm_seeds):
             decays = [c.weight_decay, 0.0] if c.weight_decay > 0 else [0.0]
             for decay in decays:
-                e = entry(int(c.k), closed_form.parse_widths(c.widths), c.shape, c.activation, float(c.lr), decay, seed)
+                e = entry(int(c.k), closed_form.parse_widths(c.widths), c["shape"], c.activation, float(c.lr), decay, seed)
                 entries.append({**e, "config": i, "config_weight_decay": float(c.weight_decay),
                                 "from_stage": c.stage})
     return train_groups(s, P, "confirm", by_population(entries, max(s.population, len(entries))), run_dir, data, res)
@@ -230,7 +230,7 @@ def export(run_dir: Path, trials: pd.DataFrame, top: int = 1) -> dict[str, Any]:
             metrics = {k: float(row[k]) for k in ("val_loss", "test_loss", "test_acc")}
             models.save(target, trial.member_state(state, int(row.member), spec), spec, **metrics)
             entries.append({"rank": rank, "file": str(target.relative_to(run_dir)), "widths": row.widths,
-                            "k": int(row.k), "params": int(row.params), "shape": row.shape,
+                            "k": int(row.k), "params": int(row.params), "shape": row["shape"],
                             "activation": row.activation, "lr": float(row.lr), "weight_decay": float(row.weight_decay),
                             "seeds": len(runs), "val_loss_mean": float(runs["val_loss"].mean()),
                             "test_loss_mean": float(runs["test_loss"].mean()),
@@ -257,4 +257,4 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
 
 
 def report(run_dir: Path, out: Path | None = None) -> None:
-    answers.draw(run_dir, read_table(run_dir / "trials.csv"), Path(out or run_dir))
+    answers.write_report(run_dir, Path(out or run_dir), read_table(run_dir / "trials.csv"))

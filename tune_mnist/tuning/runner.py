@@ -59,7 +59,7 @@ class Progress(tune.Callback):
 
 def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, data: Mnist, *,
         param_space: dict[str, Any] | None = None, metric: str = "val_loss", mode: str = "min",
-        num_samples: int = 1, search_alg: Any = None, shown: list[str] | None = None,
+        num_samples: int = 1, search_alg: Any = None, scheduler: Any = None, shown: list[str] | None = None,
         stop: dict[str, Any] | None = None, time_budget_s: float | None = None, checkpoint_every: int = 0,
         total: int | None = None, callbacks: Sequence[tune.Callback] = ()) -> tune.ResultGrid:
     """Runs (or, if the run holds it interrupted, resumes) the Tune experiment `name`, in the run's tune/.
@@ -78,7 +78,7 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
             wrapped,
             param_space=param_space or {},
             tune_config=tune.TuneConfig(
-                metric=metric, mode=mode, num_samples=num_samples, search_alg=search_alg,
+                metric=metric, mode=mode, num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
                 max_concurrent_trials=res.max_concurrent or None, reuse_actors=True, time_budget_s=time_budget_s,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
             ),
