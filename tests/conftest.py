@@ -46,3 +46,24 @@ def cli(*args: str, cwd: Path | None = None, **kw) -> subprocess.CompletedProces
     """The real command, in a fresh process, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "tune_mnist", *args], cwd=cwd, capture_output=True,
                           text=True, **kw)
+
+
+def run_study(results: Path, study: str, *flags: str, name: str = "t") -> Path:
+    """A study's smoke run, in this process (it joins ray_session's Ray)."""
+    from tune_mnist import cli as main
+
+    assert main.main([study, "--smoke", "--results", str(results), "--name", name, *flags]) == 0
+    return results / study / name
+
+
+def run_notebook(study: str, run_dir: Path, figures: Path, monkeypatch) -> None:
+    """The study's notebook, executed against a run: it shows one image per figure it drew."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("TUNE_MNIST_RUN", str(run_dir))
+    monkeypatch.setenv("TUNE_MNIST_FIGURES", str(figures))
+    notebook = nbformat.read(REPO / "notebooks" / f"{study}.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 1 and len(images) == len(list(figures.glob("*.png")))

@@ -70,3 +70,23 @@ def test_real_process_exit_code_and_single_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == "tune_mnist: error: P=100 is too small: the smallest MLP (k=1, m=1) has 805 parameters"
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["corruption", "--p", "1.5"], "p=1.5 is outside [0, 1]"),
+    (["corruption", "--p", "-0.1"], "outside [0, 1]"),
+    (["corruption", "--families", "rnn"], "unknown model family 'rnn'"),
+    (["corruption", "--activations", "swish"], "unknown activation 'swish'"),
+    (["corruption", "--repeats", "0"], "--repeats must be >= 1"),
+    (["scaling", "--fractions", "0"], "fraction 0.0 is outside (0, 1]"),
+    (["scaling", "--fractions", "1.5"], "outside (0, 1]"),
+    (["scaling", "--widths", "0"], "widths must be >= 1"),
+    (["transplant", "--lr", "0"], "--lr must be > 0"),
+    (["linear", "--step-sizes", "-1"], "--step-sizes must be > 0"),
+    (["budget", "--linear-run", "/nonexistent"], "is not a finished linear run"),
+])
+def test_study_bad_input(argv, message, tmp_path, capsys):
+    code = cli.main([*argv, "--results", str(tmp_path / "results")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err
+    assert not (tmp_path / "results").exists()

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import run_notebook
 from tune_mnist import cli, closed_form, data, models
 from tune_mnist.tuning.search import journal
 
@@ -204,3 +205,7 @@ def test_optuna_dashboard_opens_the_study_journal(run_dir):
         assert sorted(t["state"] for t in shown["trials"]) == ["Complete"] * 4 + ["Pruned"] * 2
     finally:
         server.kill()
+
+
+def test_notebook_shows_the_run(tmp_path, run_dir, monkeypatch):
+    run_notebook("budget", run_dir, tmp_path / "figures", monkeypatch)

@@ -28,6 +28,23 @@ def redraw(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     return sorted(out.glob("*.png"))
 
 
+def newest_run(study: str, roots: tuple[str, ...] = ("results", "../results")) -> Path:
+    """The newest finished run of a study (one with a REPORT.md) under the first results folder that has one:
+    what a notebook opens by default, from the repository or from notebooks/."""
+    for root in map(Path, roots):
+        finished = sorted((root / study).glob("*/REPORT.md"), key=lambda p: p.stat().st_mtime)
+        if finished:
+            return finished[-1].parent
+    raise FileNotFoundError(f"no finished {study} run under {' or '.join(roots)}: run `python -m tune_mnist {study}` "
+                            "first, or set TUNE_MNIST_RUN to a run folder")
+
+
+def markdown(folder: Path) -> str:
+    """A folder's REPORT.md without its figure links, which a notebook shows itself."""
+    text = (Path(folder) / "REPORT.md").read_text()
+    return "\n".join(line for line in text.splitlines() if not line.startswith("!["))
+
+
 class Report:
     """A run's REPORT.md: the question and its answer first, the evidence next, how it was made last."""
 

@@ -20,13 +20,11 @@ from typing import Any
 
 import optuna
 import pandas as pd
-import torch
-from ray import tune
 
 from tune_mnist import closed_form, models, storage
 from tune_mnist.data import Mnist
 from tune_mnist.errors import require
-from tune_mnist.files import atomic_write, read_table, write_csv, write_json
+from tune_mnist.files import read_table, write_csv, write_json
 from tune_mnist.population import Member
 from tune_mnist.settings import Common
 from tune_mnist.train import TrainConfig

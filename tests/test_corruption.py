@@ -1,0 +1,86 @@
+"""corruption end to end through real Ray Tune, on MNIST subsets."""
+
+import re
+import time
+
+import pytest
+
+from conftest import run_notebook, run_study
+from tune_mnist import cli
+from tune_mnist.files import read_table
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="module")
+def corruption_run(results, ray_session):
+    return run_study(results, "corruption")
+
+
+def test_corruption_p1_is_chance_and_p0_learns(corruption_run):
+    per_run = read_table(corruption_run / "results_per_run.csv")
+    assert len(per_run) == 2 * 1 * 2 * 2 and per_run["error"].eq("").all()  # families x acts x p x repeats
+    summary = read_table(corruption_run / "results_summary.csv")
+    assert set(summary.columns) >= {"family", "activation", "p", "mean", "std", "stderr", "repeats"}
+    assert (summary["repeats"] == 2).all()
+    for family in ("mlp", "cnn"):
+        cell = summary[summary["family"] == family].set_index("p")["mean"]
+        assert cell[1.0] < 0.2, f"{family} at p=1 should be near chance"
+        assert cell[0.0] > 0.6, f"{family} at p=0 should learn"
+        assert (corruption_run / f"accuracy_vs_p_{family}.png").stat().st_size > 10_000
+    runs = per_run[(per_run["family"] == "mlp") & (per_run["p"] == 0.0)]["test_acc"]
+    row = summary[(summary["family"] == "mlp") & (summary["p"] == 0.0)].iloc[0]
+    assert row["std"] == pytest.approx(runs.std(ddof=0)) and row["stderr"] == pytest.approx(runs.std(ddof=1) / 2 ** 0.5)
+
+
+def test_corruption_estimate_times_populations_with_the_trials_settings():
+    """The estimate times (and compiles) what the trials train: their optimizer, lr and weight decay decide which
+    kernels run (a population's dense layers take Adam inside a kernel, SGD in torch)."""
+    from tune_mnist import settings
+    from tune_mnist.studies import corruption
+
+    args = cli.build_parser().parse_args(["corruption", "--optimizer", "sgd", "--lr", "0.05", "--weight-decay",
+                                          "0.01", "--batch-size", "64"])
+    s = settings.Space(corruption.Settings, "corruption").settings(args)
+    probe = corruption.probe_members(s, "mlp", "tanh", 3)
+    assert [(m.lr, m.weight_decay, m.spec["activation"]) for m in probe] == [(0.05, 0.01, "tanh")] * 3
+    assert len({m.seed for m in probe}) == 3
+    assert corruption.training(s).optimizer == "sgd" and corruption.training(s).batch_size == 64
+
+
+def test_corruption_population_equals_separate_trials(corruption_run, results, capsys):
+    """--population 4: each trial trains 4 (p, seed) runs stacked; every run matches its separate trial."""
+    started = time.time()
+    together = run_study(results, "corruption", "--population", "4", name="pop")
+    out = capsys.readouterr().out
+    assert re.search(r"^\[grid\] 2 trials in [\d.]+ s$", out, re.M)
+    # the estimate times the populations that the trials train, not single nets
+    assert re.search(r"^\[corruption\] estimate: 8 runs \(mlp [\d.]+s/run, cnn [\d.]+s/run, populations of 4\), 2 at once",
+                     out, re.M), out
+    stacked = read_table(together / "results_per_run.csv").set_index(["family", "activation", "p", "seed"])
+    separate = read_table(corruption_run / "results_per_run.csv").set_index(["family", "activation", "p", "seed"])
+    assert len(stacked) == len(separate) == 8 and (stacked["population"] == 4).all()
+    for key in ("final_train_loss", "test_loss"):
+        diff = (stacked[key] / separate.loc[stacked.index, key] - 1).abs()
+        assert diff.max() < 5e-4, key  # float tolerance: batched and single matmuls round differently
+    assert (read_table(together / "results_summary.csv")["repeats"] == 2).all()
+    # each trial's span, as benchmarks/campaign.py reads it, lies within the run
+    trials = stacked.groupby("trial_id").agg(end=("reported_at", "max"), seconds=("seconds", "max"))
+    assert len(trials) == 2 and (trials["seconds"] > 0).all()
+    assert (trials["end"] - trials["seconds"] > started).all() and (trials["end"] < time.time()).all()
+    # a trial's own TensorBoard log holds the members' means; each member's metrics are in a run of its own
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trial = next((together / "tune" / "grid").glob("trial_*"))
+    tags = EventAccumulator(str(trial)).Reload().Tags()["scalars"]
+    assert "ray/tune/test_acc" in tags and not [t for t in tags if t.startswith("ray/tune/m0/")]
+    member = EventAccumulator(str(together / "tensorboard" / trial.name / "m0")).Reload()
+    row = stacked[(stacked["trial_id"] == trial.name.removeprefix("trial_")) & (stacked["member"] == 0)]
+    assert member.Scalars("test_acc")[-1].value == pytest.approx(row["test_acc"].item())
+
+
+def test_notebook_shows_the_run(tmp_path, corruption_run, monkeypatch):
+    run_notebook("corruption", corruption_run, tmp_path / "figures", monkeypatch)
