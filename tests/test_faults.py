@@ -161,3 +161,56 @@ def test_unreachable_address_is_one_line_and_quick(tmp_path):
     assert done.returncode == 2 and time.time() - start < 30
     assert done.stderr.strip().count("\n") == 0 and "cannot reach a Ray cluster at --address 127.0.0.1:9" in done.stderr
     assert not (tmp_path / "results").exists()
+
+
+CODE = """
+import pickle, sys
+class Payload:
+    def __reduce__(self):
+        return (open, (sys.argv[2], "w"))
+with open(sys.argv[1], "wb") as f:
+    pickle.dump({"epoch": Payload()}, f)
+"""
+
+
+def test_ctrl_c_stops_in_seconds_and_a_resume_refuses_code_and_retrains_a_damaged_checkpoint(tmp_path):
+    """SIGINT to the whole process group, as Ctrl-C in a terminal sends it: the command stops within seconds, says
+    how to continue and saves what finished. A checkpoint that would run code is then refused; a truncated one
+    is removed with a line saying so, and its trial trains again from the start."""
+    results = tmp_path / "results"
+    args = ["budget", "--P", "20000", "--max-depth", "2", "--seeds", "2", "--epochs", "6", "--trials", "0",
+            "--train-limit", "8000", "--eval-limit", "1000", "--results", str(results), "--name", "c"]
+    proc = subprocess.Popen([sys.executable, "-m", "tune_mnist", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if " done " in line:
+            break
+    tune_dir = results / "budget" / "c" / "tune"
+    while len({p.parent.parent for p in tune_dir.glob("*/trial_*/checkpoint_*/state.pt")}) < 3:
+        time.sleep(0.1)  # a trial beside the finished one is mid-training, a checkpoint behind it
+    sent = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    run_dir = results / "budget" / "c"
+    assert proc.returncode == 130 and time.time() - sent < 20, err[-2000:]
+    assert f"continue with python -m tune_mnist budget --resume {run_dir}" in err.strip().splitlines()[-1]
+    finished = read_table(run_dir / "interrupted.csv")
+    assert len(finished) >= 1 and (finished["epoch"] == 6).all() and not (run_dir / "trials.csv").exists()
+
+    states = [p for p in run_dir.glob("tune/*/trial_*/checkpoint_*/state.pt")
+              if p.parent.parent.name.removeprefix("trial_") not in set(finished["trial_id"])]
+    assert states, "a trial was stopped mid-training, a checkpoint behind it"
+    victim, original = states[0], states[0].read_bytes()
+    subprocess.run([sys.executable, "-c", CODE, str(victim), str(tmp_path / "ran")], check=True)
+    refused = run_cli("budget", "--resume", str(run_dir), timeout=300)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "holds code" in refused.stderr
+    assert not (tmp_path / "ran").exists() and not (run_dir / "trials.csv").exists()
+
+    victim.write_bytes(original[:len(original) // 2])
+    done = run_cli("budget", "--resume", str(run_dir), timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"{victim} is damaged" in done.stdout and "trains again from the start" in done.stdout
+    trials = read_table(run_dir / "trials.csv")
+    assert len(trials) == 3 * 2 and (trials["epoch"] == 6).all() and trials["error"].eq("").all()
+    assert not (run_dir / "interrupted.csv").exists()

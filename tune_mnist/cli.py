@@ -21,7 +21,7 @@ from tune_mnist import report, runs, settings, storage
 from tune_mnist.errors import UserError, require
 from tune_mnist.files import read_table
 from tune_mnist.studies import budget, registry
-from tune_mnist.tuning import cluster
+from tune_mnist.tuning import cluster, runner
 
 STUDIES = registry()
 RESOURCES = ("address", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
@@ -80,6 +80,9 @@ def run_study(args: argparse.Namespace) -> int:
 
     check(s)
     study.check(s)
+    shared = storage.for_run(s.storage, study.NAME, run_dir) if s.storage else ""
+    if args.resume:
+        runner.check_checkpoints(shared or str(run_dir))
     data = mnist.subset(mnist.load(s.data or None), s.train_limit or None, s.eval_limit or None)
     local_gpu = s.address == "local" and not args.resume and cluster.local_gpu()
     s = on_gpus() if local_gpu else s
@@ -87,18 +90,24 @@ def run_study(args: argparse.Namespace) -> int:
         study.prepare(s, data)
     if cluster.connect(s.address) and not args.resume and not local_gpu:
         s = on_gpus()
-    res = cluster.Resources(s.address, s.cpus_per_trial, s.gpus_per_trial, s.max_concurrent, s.max_failures)
+    res = cluster.Resources(s.address, s.cpus_per_trial, s.gpus_per_trial, s.max_concurrent, s.max_failures,
+                            shared)
     cluster.check(res)
-    if s.storage:
-        res = dataclasses.replace(res, storage=storage.for_run(s.storage, study.NAME, run_dir))
-        storage.check(res.storage)
+    if shared:
+        storage.check(shared)
     if not args.resume:
         runs.start(run_dir, study.NAME, dataclasses.asdict(s), ["python", "-m", "tune_mnist", *args.argv])
         runs.lock(run_dir)
     print(f"tune_mnist {study.NAME}: run folder {run_dir}" + (f", shared copy {res.storage}" if res.storage else ""),
           flush=True)
     start = time.time()
-    summary = study.run(s, run_dir, data, res)
+    try:
+        summary = study.run(s, run_dir, data, res)
+    except runner.Interrupted as e:
+        print(f"tune_mnist: interrupted ({e}); what finished is saved: continue with "
+              f"python -m tune_mnist {study.NAME} --resume {run_dir}", file=sys.stderr, flush=True)
+        return 130
+    (run_dir / "interrupted.csv").unlink(missing_ok=True)
     if res.storage:
         storage.upload(run_dir, res.storage)
     fields = " ".join(f"{k}={v}" for k, v in summary.items())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -173,7 +174,9 @@ def load_state(path: str | os.PathLike, map_location: torch.device | str = "cpu"
     plain containers, strings and numbers only. A file whose pickle names anything else (a class, a function
     to call) is refused with a UserError before any of it runs."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a pickle it did not write, then refuses it below
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"{path} is not a tune_mnist file (it holds code or objects other than tensors); "
                         "refusing to load it") from None

@@ -83,7 +83,8 @@ class RandomSearch(tune.Trainable):
         torch.save(self.search.state_dict(), Path(checkpoint_dir) / "search.pt")
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
-        self.search.load_state_dict(models.load_state(Path(checkpoint_dir) / "search.pt"))
+        if (Path(checkpoint_dir) / "search.pt").is_file():  # a resume removes a damaged one: the search starts again
+            self.search.load_state_dict(models.load_state(Path(checkpoint_dir) / "search.pt"))
 
 
 def tag(config: dict[str, Any]) -> str:
@@ -127,7 +128,7 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
     grid = runner.run(RandomSearch, run_dir, "searches", res, data, param_space=space,
                       metric="best_val", mode="max", shown=["weight_scale", "bias_scale", "evaluated"],
                       stop={"evaluated": s.max_nets} if s.max_nets else None,
-                      time_budget_s=s.time_limit or None, checkpoint_every=1)
+                      time_budget_s=s.time_limit or None, checkpoint_every=1, stop_on_interrupt=True)
     rows = []
     for result in grid:
         if result.checkpoint is None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.fs as pafs
 from ray import tune
 
-from tune_mnist import storage
+from tune_mnist import files, storage
 from tune_mnist.data import Mnist
+from tune_mnist.errors import UserError
 from tune_mnist.tuning.cluster import Resources
 from tune_mnist.tuning.tensorboard import MemberTensorboard, TrialTensorboard
 
@@ -24,6 +27,26 @@ RAY_COLUMNS = {"timestamp", "checkpoint_dir_name", "should_checkpoint", "done", 
                "pid", "time_since_restore", "iterations_since_restore", "experiment_tag", "config", "hostname",
                "node_ip"}
 FINISHED = ("TERMINATED", "ERROR")
+STATES = ("state.pt", "search.pt")  # what a trial's checkpoint holds: a population's state, a random search's
+KEEP_CHECKPOINTS = 2  # the experiment state saved last can name the checkpoint before the newest: keep it
+
+
+class Quiet(logging.Filter):
+    """Drops two of Ray's messages: metrics it could not read for trials that never started (after Ctrl-C or a kill;
+    the rows come from each trial's last report in Ray's experiment state, not from those files), and its resume
+    hint (a Python call; tune_mnist prints its own command)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Failed to fetch metrics" in message or "Resume experiment with: Tuner.restore" in message)
+
+
+for _name in ("ray.tune.analysis.experiment_analysis", "ray.tune.tune"):
+    logging.getLogger(_name).addFilter(Quiet())
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped an experiment: its state and finished trials are saved, and --resume continues it."""
 
 
 class Progress(tune.Callback):
@@ -61,12 +84,16 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
         param_space: dict[str, Any] | None = None, metric: str = "val_loss", mode: str = "min",
         num_samples: int = 1, search_alg: Any = None, scheduler: Any = None, shown: list[str] | None = None,
         stop: dict[str, Any] | None = None, time_budget_s: float | None = None, checkpoint_every: int = 0,
-        total: int | None = None, callbacks: Sequence[tune.Callback] = ()) -> tune.ResultGrid:
+        total: int | None = None, callbacks: Sequence[tune.Callback] = (), stop_on_interrupt: bool = False
+        ) -> tune.ResultGrid:
     """Runs (or, if the run holds it interrupted, resumes) the Tune experiment `name`, in the run's tune/.
 
     Finished trials are never rerun on resume; unfinished and errored ones continue from their last checkpoint,
     and the searcher's state comes back with the experiment. `checkpoint_every` is for class trainables
     (function trainables checkpoint when they report); `total` is the trial count the progress lines show.
+    Ctrl-C (SIGINT) ends the experiment within seconds, its state saved: Interrupted is raised, after the rows of
+    the trials that finished are written to the run's interrupted.csv, unless stop_on_interrupt, where Ctrl-C is
+    how the study ends (the random search) and the grid is returned.
     """
     wrapped = tune.with_resources(tune.with_parameters(trainable, data=data),
                                   {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
@@ -87,17 +114,45 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
                 callbacks=[TrialTensorboard(), Progress(name, metric, shown or [], total), *callbacks],
                 failure_config=tune.FailureConfig(max_failures=res.max_failures),
                 checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=1, checkpoint_frequency=checkpoint_every,
+                    num_to_keep=KEEP_CHECKPOINTS, checkpoint_frequency=checkpoint_every,
                     checkpoint_at_end=True if checkpoint_every else None),
             ),
         )
     start = time.time()
     grid = tuner.fit()
+    # a trial ends with a report marked done, or an error; after Ctrl-C the rest have neither
+    finished = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
+    if len(finished) < len(grid) and not stop_on_interrupt:
+        if finished:
+            files.write_csv(run_dir / "interrupted.csv", member_rows(rows(finished, ["members"])))
+        raise Interrupted(f"{name}: {len(finished)} of {len(grid)} trials finished")
     print(f"[{name}] {len(grid)} trials in {time.time() - start:.1f} s", flush=True)
     return grid
 
 
-def rows(grid: tune.ResultGrid, keep_config: Sequence[str]) -> pd.DataFrame:
+def check_checkpoints(location: str) -> None:
+    """Before a resume, every trial checkpoint of the run (its folder, or its copy in shared storage): one that
+    would run code is refused (UserError); a
+    damaged one (truncated, unreadable) is removed, with a line saying so, and its trial trains again from the
+    start."""
+    fs, root = storage.resolve(storage.join(location, "tune"))
+    found = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    for info in found:
+        if info.type != pafs.FileType.File or info.base_name not in STATES:
+            continue
+        location = info.path if isinstance(fs, pafs.LocalFileSystem) else f"{fs.type_name}://{info.path}"
+        try:
+            storage.read_checkpoint(location)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever a damaged file raises, the trial starts again
+            fs.delete_file(info.path)
+            trial = Path(info.path).parent.parent.name
+            print(f"[resume] {location} is damaged ({type(e).__name__}): {trial} trains again from the start",
+                  flush=True)
+
+
+def rows(grid: Iterable[tune.Result], keep_config: Sequence[str]) -> pd.DataFrame:
     """One row per trial: the chosen config keys, the last reported metrics, error and checkpoint path."""
     out = []
     for result in grid:

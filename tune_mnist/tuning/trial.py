@@ -33,24 +33,27 @@ Halving = Callable[[int, list[dict[str, Any]]], Sequence[int]]
 Finish = Callable[[Population, dict[str, torch.Tensor], dict[str, DeviceSplit]], list[dict[str, float]]]
 
 
-def load_state(checkpoint: tune.Checkpoint) -> dict[str, Any]:
-    """A trial checkpoint's state, read without running any code it might hold."""
+def load_state(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
+    """A trial checkpoint's state, read without running any code it might hold; None where there is none (a
+    resume removes a damaged one, and the trial then starts again)."""
+    if checkpoint is None:
+        return None
     with checkpoint.as_directory() as d:
-        return models.load_state(Path(d) / STATE)
+        return models.load_state(Path(d) / STATE) if (Path(d) / STATE).is_file() else None
 
 
 def train(data: Mnist, members: Sequence[Member], cfg: TrainConfig, extra: dict[str, Any] | None = None,
           halving: Halving | None = None, finish: Finish | None = None) -> None:
     """Trains the members as one population in this Tune trial, resuming from its checkpoint if it has one."""
     device = cluster.trial_device()
-    checkpoint = tune.get_checkpoint()
-    state = load_state(checkpoint) if checkpoint else {"epoch": 0, "ids": list(range(len(members))), "stopped": {}}
+    saved = load_state(tune.get_checkpoint())
+    state = saved or {"epoch": 0, "ids": list(range(len(members))), "stopped": {}}
     ids, stopped = list(state["ids"]), dict(state["stopped"])
     pop = Population([members[i] for i in ids], device)
     splits = to_device(data, device)
     trainer = Trainer(pop, splits, cfg)
     initial = {k: v.detach().clone() for k, v in pop.params.items()} if finish else None
-    if checkpoint:
+    if saved:
         pop.load(state["params"])
         trainer.opt.load_state_dict(state["optimizer"])
         initial = {k: v.to(device) for k, v in state["initial"].items()} if finish else None
