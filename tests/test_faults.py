@@ -112,8 +112,9 @@ def test_max_failures_retries_a_trial_whose_worker_died(tmp_path, max_failures):
 
 
 def test_searcher_hands_out_again_what_optuna_asked_after_rays_last_snapshot(tmp_path):
-    """The kill race, made deterministic: populations asked after the searcher's last save are trained on
-    restore, those Ray knew are not asked again, and a trial told before the kill is not told twice."""
+    """The kill race, made deterministic: populations asked after the searcher's last save are trained on restore
+    (a trial killed before it sampled its values samples them then), those Ray knew are not asked again, a trial
+    told before the kill is not told twice, and no trial number is handed out twice."""
     def define(trial):
         return {"k": trial.suggest_int("k", 1, 2), "x": trial.suggest_float("x", 0, 1)}
 
@@ -125,6 +126,7 @@ def test_searcher_hands_out_again_what_optuna_asked_after_rays_last_snapshot(tmp
     known = first.suggest("t1")
     first.save(str(tmp_path / "state"))
     lost = first.suggest("t2")  # asked after Ray's last snapshot: neither Ray nor the saved searcher knows it
+    bare = first.study.ask()  # killed between Optuna's ask and the sampling of its values
     assert len({m["k"] for m in known["members"]}) == 1 and len(known["members"]) == 2
     first.on_trial_result("t1", {"m0/val_loss": 0.5, "m0/epoch": 1, "m0/stopped_early": 1})
     first.on_trial_complete("t1", {"m0/val_loss": 0.5, "m0/epoch": 1, "m0/stopped_early": 1,
@@ -132,13 +134,17 @@ def test_searcher_hands_out_again_what_optuna_asked_after_rays_last_snapshot(tmp
 
     again = searcher()
     again.restore(str(tmp_path / "state"))
-    handed = again.suggest("t3")
-    assert [m["number"] for m in handed["members"]] == [m["number"] for m in lost["members"]]
-    assert [m["x"] for m in handed["members"]] == [m["x"] for m in lost["members"]], "their sampled values stand"
+    handed, suggestion = [], again.suggest("t3")
+    while suggestion != PopulationSearch.FINISHED:
+        handed += suggestion["members"]
+        suggestion = again.suggest(f"t{len(handed) + 4}")
+    numbers = [m["number"] for m in handed]
+    assert sorted(numbers) == [2, 3, 4, 5], "every trial after the snapshot once, then one more to reach 6"
+    assert {m["number"]: m["x"] for m in lost["members"]} == {m["number"]: m["x"] for m in handed if m["number"] < 4}
+    assert bare.number == 4 and "x" in again.study.trials[4].params
     again.on_trial_complete("t1", {"m0/val_loss": 0.9, "m0/epoch": 2, "m1/val_loss": 0.9, "m1/epoch": 2})
     pruned, complete = again.study.trials[:2]
     assert pruned.state.name == "PRUNED" and complete.state.name == "COMPLETE" and complete.value == 0.3
-    assert again.suggest("t4")["members"][0]["number"] == 4 and again.suggest("t5") == PopulationSearch.FINISHED
 
 
 def test_atomic_write_leaves_no_half_file(tmp_path):

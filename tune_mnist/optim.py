@@ -17,6 +17,12 @@ import torch
 from tune_mnist import kernels
 from tune_mnist.kernels import adam as adam_kernels
 
+
+def trim(saved: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A saved stacked tensor cut to the shape of `like`: a checkpoint of a population that has let members go may be
+    padded wider than the members left need, and the padding beyond is zero."""
+    return saved[tuple(slice(0, n) for n in like.shape)]
+
 KINDS = ("adam", "adamw", "sgd")
 
 
@@ -126,4 +132,4 @@ class Optimizer:
         self.lr, self.weight_decay = state["lr"].to(device), state["weight_decay"].to(device)
         self.decays = bool(self.weight_decay.any())
         for kind in self.state:
-            self.state[kind] = {k: v.to(self.lr.device) for k, v in state[kind].items()}
+            self.state[kind] = {k: trim(v, self.params[k]).to(device).contiguous() for k, v in state[kind].items()}

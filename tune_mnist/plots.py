@@ -13,7 +13,7 @@ from tune_mnist.files import save_figure
 
 def _pyplot():
     """matplotlib's pyplot, imported when a figure is drawn rather than by every trial's worker, which imports
-    its study's module (and so this one) but never draws: 0.7 s of a worker's start on an H100's host."""
+    its study's module (and so this one) but never draws: most of a second of each worker's start."""
     import matplotlib
 
     matplotlib.use("Agg")  # trials and CI have no display

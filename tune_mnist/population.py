@@ -23,6 +23,7 @@ from torch import nn
 
 from tune_mnist import models
 from tune_mnist.kernels import conv_pool
+from tune_mnist.optim import trim
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ class Population:
 
     @torch.no_grad()
     def load(self, params: dict[str, torch.Tensor]) -> None:
-        """Copies stacked weights of the same shapes in (a checkpoint's, or a transplant's mix)."""
+        """Copies stacked weights in (a checkpoint's, or a transplant's mix). A checkpoint of a population that
+        has let members go may be padded wider than these members need: the padding beyond is zero."""
         for k, v in self.params.items():
-            v.copy_(params[k])
+            v.copy_(trim(params[k], v))

@@ -1,36 +1,30 @@
-"""A CNN's conv blocks (3x3 conv, activation, 2x2 max-pool) as Triton kernels, for a population of R
-members (population.py) or a single net (models.CNN, R = 1).
+"""A CNN's conv blocks (3x3 conv, activation, 2x2 max-pool) as Triton kernels, for a population of R members
+(population.py; a single net is R = 1).
 
-Unfused, a block writes and rereads its full-size activations through a grouped convolution, the
-activation, the pool and their backwards: 800 MB a step for the first block of 64 members of 32
-channels at batch 128; on an H100 the 32-64 CNN's forward + backward for 64 members took 16.6 ms
-unfused, 5.3 ms with these kernels. Here a program computes, for one member and a block of pooled
-positions, the conv at the four positions of every pool window, and the activation of the window's
-largest pre-activation (ReLU, leaky ReLU, tanh and sigmoid rise with it; GELU, which falls then
-rises, is evaluated at the largest and the smallest); only the pooled output, the window position that
-won and the activation's slope there leave the kernel. Activations are kept as (R, batch, H, W, C),
-each member's channels contiguous, so that an inner block's conv is a sum over the nine taps of
-(positions x C_in) @ (C_in x C_out) products.
+Unfused, a block writes and rereads its full-size activations through a grouped convolution, the activation, the
+pool and their backwards; these kernels cut a population's forward and backward about threefold
+(docs/performance.md). A program computes, for one member and a block of pooled positions, the conv at the four
+positions of every pool window, and the activation of the window's largest pre-activation (ReLU, leaky ReLU, tanh
+and sigmoid rise with it; GELU, which falls then rises, is evaluated at the largest and the smallest); only the
+pooled output, the window position that won and the activation's slope there leave the kernel. Activations are
+kept as (R, batch, H, W, C), each member's channels contiguous, so that an inner block's conv is a sum over the
+nine taps of (positions x C_in) @ (C_in x C_out) products.
 
-- Every forward also saves the activation's slope at the winner, so no backward depends on the
-  activation (on an H100, relu epochs 4% faster; tanh and GELU unchanged).
-- First block (one input channel, 28x28): the nine taps are one K=16 product. No input gradient, as
-  it is the first layer.
-- Inner blocks: the backward has an input gradient (the same nine products with the kernel
-  transposed, reading the pooled gradient where that position won), for narrow blocks by 2x2 quads of
-  input positions, which share the loads of the nine pooled positions around them; and a kernel
-  gradient (one program per member, block of positions and all nine taps, or a row of three taps for
-  wide blocks), which loads each input position a window's taps reach once.
-Kernel gradients are summed per block into buffers that torch reduces (deterministic, no atomics).
-- Precision: forward products take fp16 operands (images, kernels, and the activations between blocks,
-  which are stored in fp16; fp16 has TF32's 10-bit mantissa, and holds values up to 65,504) and sum in
-  fp32; the last block's output is fp32, for torch's dense layers. Backward products take bf16
-  operands, as autocast's conv backward does (fp16 gradients underflow), and the pre-activation
-  gradients passed between blocks are bf16; kernel and bias gradients sum in fp32. On an H100 this
-  took a graphed step of 40 members of the 32-64-128 CNN from 3.70 to 2.12 ms (relu; GELU 4.44 to
-  2.85), and the test accuracy of 16 members of the 32-64 CNN after 3 epochs stayed within 0.0001 of the
-  unfused layers' for each activation. Under Triton's interpreter, which computes bf16 products
-  wrongly, the backward products take fp32 (_mm).
+- Every forward also saves the activation's slope at the winner, so no backward depends on the activation.
+- First block (one input channel, 28x28): the nine taps are one K=16 product. No input gradient: it is the first
+  layer.
+- Inner blocks: the backward has an input gradient (the same nine products with the kernel transposed, reading
+  the pooled gradient where that position won), for narrow blocks by 2x2 quads of input positions, which share
+  the loads of the nine pooled positions around them; and a kernel gradient (one program per member, block of
+  positions and all nine taps, or a row of three taps for wide blocks), which loads each input position a
+  window's taps reach once. Kernel gradients are summed per block into buffers that torch reduces
+  (deterministic, no atomics).
+- Precision: forward products take fp16 operands (images, kernels, and the activations between blocks, stored in
+  fp16: TF32's 10-bit mantissa, values up to 65,504) and sum in fp32; the last block's output is fp32, for
+  torch's dense layers. Backward products take bf16 operands, as autocast's conv backward does (fp16 gradients
+  underflow), and the pre-activation gradients passed between blocks are bf16; kernel and bias gradients sum in
+  fp32. Test accuracy stays within 0.0001 of the unfused layers'. Under Triton's interpreter, which computes bf16
+  products wrongly, the backward products take fp32 (_mm).
 """
 
 from __future__ import annotations
@@ -48,30 +42,20 @@ from tune_mnist.kernels import available, tl, triton
 if triton is not None:
     from triton.language.extra import libdevice
 
-# Sigmoid's kernel gradients once differed from torch's by 3e-3, when the pool compared activation values:
-# torch's sigmoid is not 1 / (1 + expf(-x)) bit for bit, so ties fell differently. The pool now compares
-# pre-activations (_pool), and sigmoid is fused too.
+# The pool compares pre-activations, not activations: torch's sigmoid is not 1 / (1 + expf(-x)) bit for bit,
+# and compared after it, ties would fall differently from the unfused layers'.
 ACTIVATIONS = {nn.ReLU: 0, nn.LeakyReLU: 1, nn.Tanh: 2, nn.Sigmoid: 3, nn.GELU: 4}
-# First block: pooled positions per forward program (fewer for tanh and GELU, whose temporaries spill: on
-# an H100, for 40 members, GELU's forward took 0.47 ms with 64, 0.76 with 128; tanh 0.40 and 0.78), and
-# warps per program.
+# Tile sizes come from sweeps on a GPU (docs/performance.md). First block: pooled positions per forward program
+# (fewer for tanh and GELU, whose temporaries spill at 128), and warps per program.
 BLOCK, SPILLING_BLOCK, WARPS = 128, 64, 4
 BACKWARD_ROWS, BACKWARD_SUB = 512, 32
-# The timings below are from sweeps on an H100 before the products moved to fp16 and bf16; a sweep after it
-# (rows and sub-blocks of both backwards, the input-gradient tile, pairs per warp, warps) kept every value.
-# Inner blocks: a forward program takes 64 pooled positions (fewer for wide
-# blocks) with a warp per 1024 (position, output channel) pairs (for 64 -> 128 channels, 8 warps: 0.43 ms
-# at 40 members against 0.53 with 4 warps and 32 positions; fewer positions were slower still, for GELU
-# too); an input-gradient program by position 4096 (position, input channel) pairs; a kernel-gradient
-# program 256 pooled positions, 16 at a time.
+# Inner blocks: a forward program takes 64 pooled positions (fewer for wide blocks) with a warp per 1024
+# (position, output channel) pairs; an input-gradient program by position 4096 (position, input channel) pairs;
+# a kernel-gradient program 256 pooled positions, 16 at a time.
 INNER_PAIRS_PER_WARP, INNER_TILE, INNER_ROWS, INNER_SUB = 1024, 4096, 256, 16
-# Input gradients by 2x2 quads of positions while a block's (C_in, C_out) tile is at most QUAD_TILE, with a
-# warp per 512 pairs of the tile and 16 quads a warp (32 x 64 at 40 members: 0.37 ms against 0.65 by
-# position; 32 x 128: 0.47 vs 0.81); past it the quad kernel ran 30x slower (64 x 128) and the per-position
-# kernel takes over, as it does past 64 input channels, where the quad's four sums take 2 C_in floats a
-# thread (128 -> 16: 0.49 ms by quads, 0.39 by position; 128 -> 32: 0.26 either way). Kernel gradients of
-# all nine taps a program up to NINE_TAPS_TILE (32 x 64: 0.63 ms against 1.02 with a row of taps a program),
-# past it a row of taps, as nine (C_in, C_out) sums no longer fit.
+# Input gradients by 2x2 quads of positions while a block's (C_in, C_out) tile is at most QUAD_TILE (past it the
+# quad kernel's tiles spill, and past 64 input channels its four sums take too many registers); kernel gradients
+# of all nine taps a program up to NINE_TAPS_TILE, past it a row of taps, as nine (C_in, C_out) sums no longer fit.
 QUAD_TILE, NINE_TAPS_TILE = 4096, 2048
 
 
@@ -144,7 +128,7 @@ if triton is not None:
         forward took twice ReLU's when evaluated at all four). Where two pre-activations give the same
         activation (a saturated tanh or sigmoid) the larger wins rather than the first, which max_pool2d
         would pick: the slope there is zero or nearly, so the gradients barely differ."""
-        if ACT == 4:  # the slope at the winner only, one exp a window: 40 members' epoch 0.99 s (1.03 on another H100)
+        if ACT == 4:  # the slope at the winner only: one exp a window
             cdf_hi, cdf_lo = 1.0 + tl.erf(hi * 0.7071067811865476), 1.0 + tl.erf(lo * 0.7071067811865476)  # 2 Phi
             at_hi, at_lo = 0.5 * hi * cdf_hi, 0.5 * lo * cdf_lo
             take = (at_lo > at_hi) | ((at_lo == at_hi) & (lo_s < hi_s))  # ties keep the first, as max_pool2d
@@ -254,8 +238,7 @@ if triton is not None:
             acc = tl.dot(a, w.to(a.dtype), acc)  # fp16 inputs: the product in fp16, as precise as TF32
         pre = tl.reshape(acc + tl.load(b_ptr + r * CO + co, mask=co < CO, other=0.0)[None, :], (4, BM, NB))
         # each window's four pre-activations into one thread's registers by one permute, rather than four
-        # reductions across the product's rows (max, argmax, min, argmin): on an H100 at 40 members, GELU's
-        # forwards 0.98 -> 0.51 ms, ReLU's 0.40 -> 0.33
+        # reductions across the product's rows (max, argmax, min, argmin), which took twice as long
         even, odd = tl.split(tl.reshape(tl.permute(pre, (1, 2, 0)), (BM, NB, 2, 2)))
         p0, p2 = tl.split(even)
         p1, p3 = tl.split(odd)
@@ -453,10 +436,8 @@ def _launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
 def _compile_ahead(x: torch.Tensor, acts: tuple[int, ...], params: Sequence[torch.Tensor], backward: bool) -> None:
     """Compiles the kernels of a forward (and backward) through these blocks, each in its own thread.
 
-    Triton compiles a kernel at its first launch, one after another: on a fresh H100 the first step of a
-    32-64-128 CNN population, 8 kernels, took 27.9 s. Its compiler lets go of the GIL, so threads compile
-    them at once: 10-11 s.
-    The forward and backward run here without launching anything (their torch ops see uninitialised
+    Triton compiles a kernel at its first launch, one after another; its compiler lets go of the GIL, so threads
+    compile them at once, in about a third of the time. The forward and backward run here without launching anything (their torch ops see uninitialised
     memory, and their results are dropped); later processes on the machine find the kernels in Triton's
     disk cache."""
     with ThreadPoolExecutor(max_workers=8) as _ahead.pool:
@@ -485,8 +466,7 @@ def gradient_dtype(device: torch.device) -> torch.dtype:
 
 def _saved(out: torch.Tensor, save: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The winners and slopes a forward saves for its backward, or, for an evaluation, which saves neither, out
-    in their place (the kernel writes nothing there). Left unwritten, an 80-member CNN 32-64-128's evaluation of
-    val + test took 0.107 s instead of 0.121 on an H100 (GELU 0.155 instead of 0.184)."""
+    in their place (the kernel writes nothing there, and an evaluation is 10-15% faster for it)."""
     if not save:
         return out, out
     return torch.empty(out.shape, device=out.device, dtype=torch.int8), torch.empty(out.shape, device=out.device)

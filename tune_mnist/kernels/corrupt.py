@@ -1,6 +1,6 @@
-"""train.corrupt as one Triton kernel on a GPU: the splitmix64 hash, the draw and the replacement in
-registers. In torch ops it is about twenty int64 passes over (R, batch, 784) tensors, a third of a
-population MLP's step on an H100; here it reads the batch once and writes it once, with the same bits.
+"""noise.corrupt as one Triton kernel on a GPU: the splitmix64 hash, the draw and the replacement in registers.
+In torch ops it is about twenty int64 passes over (R, batch, 784) tensors, a third of a population MLP's step;
+here it reads the batch once and writes it once, with the same bits.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ if triton is not None:
         for start in range(0, pixels, BLOCK):
             pixel = start + tl.arange(0, BLOCK)
             inside = pixel < pixels
-            z = (base + pixel.to(tl.int64)) * -7046029254386353131      # splitmix64, as train._hash
+            z = (base + pixel.to(tl.int64)) * -7046029254386353131      # splitmix64, as noise._hash
             z = (z ^ ((z >> 30) & 17179869183)) * -4658895280553007687
             z = (z ^ ((z >> 27) & 137438953471)) * -7723592293110705685
             z = z ^ ((z >> 31) & 8589934591)

@@ -170,6 +170,7 @@ def define_space(trial: optuna.Trial, P: int, space: dict[str, Any]) -> dict[str
 def optuna_stage(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.Resources) -> pd.DataFrame:
     space = {k: getattr(s, k) for k in ("optuna_max_depth", "activations", "shapes", "ratio", "lr_range",
                                         "weight_decay_range")}
+    search.JOURNALS[study_name(P)] = run_dir / "optuna.journal"
     searcher = search.PopulationSearch(functools.partial(define_space, P=P, space=space), group=["k", "activation"],
                                        n_trials=s.trials, size=s.search_population,
                                        journal_path=run_dir / "optuna.journal", study_name=study_name(P),

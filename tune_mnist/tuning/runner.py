@@ -31,18 +31,22 @@ STATES = ("state.pt", "search.pt")  # what a trial's checkpoint holds: a populat
 KEEP_CHECKPOINTS = 2  # the experiment state saved last can name the checkpoint before the newest: keep it
 
 
-class Quiet(logging.Filter):
-    """Drops two of Ray's messages: metrics it could not read for trials that never started (after Ctrl-C or a kill;
-    the rows come from each trial's last report in Ray's experiment state, not from those files), and its resume
-    hint (a Python call; tune_mnist prints its own command)."""
+class RayMessages(logging.Filter):
+    """Reads Ray Tune's log: notes when it says Ctrl-C interrupted an experiment (Tune returns as if it had
+    finished), and drops two messages: metrics it could not read for trials that never started (after Ctrl-C or a
+    kill; the rows come from each trial's last report in Ray's experiment state, not from those files), and its
+    resume hint (a Python call; tune_mnist prints its own command)."""
+
+    interrupted = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        RayMessages.interrupted |= "has been interrupted" in message
         return not ("Failed to fetch metrics" in message or "Resume experiment with: Tuner.restore" in message)
 
 
 for _name in ("ray.tune.analysis.experiment_analysis", "ray.tune.tune"):
-    logging.getLogger(_name).addFilter(Quiet())
+    logging.getLogger(_name).addFilter(RayMessages())
 
 
 class Interrupted(Exception):
@@ -118,11 +122,11 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
                     checkpoint_at_end=True if checkpoint_every else None),
             ),
         )
-    start = time.time()
+    start, RayMessages.interrupted = time.time(), False
     grid = tuner.fit()
-    # a trial ends with a report marked done, or an error; after Ctrl-C the rest have neither
-    finished = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
-    if len(finished) < len(grid) and not stop_on_interrupt:
+    if RayMessages.interrupted and not stop_on_interrupt:
+        # the trials that ended: a report marked done, or an error (the others were stopped mid-training)
+        finished = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
         if finished:
             files.write_csv(run_dir / "interrupted.csv", member_rows(rows(finished, ["members"])))
         raise Interrupted(f"{name}: {len(finished)} of {len(grid)} trials finished")

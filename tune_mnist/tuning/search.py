@@ -23,6 +23,10 @@ from ray.tune.search import Searcher
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would drown the progress lines
 
+# Where this command keeps each study's journal: the searcher was pickled with its run folder's path, and a resumed
+# run folder may have moved since
+JOURNALS: dict[str, Path] = {}
+
 # An Optuna trial -> its member's entry in a population's config ("number" added by the searcher)
 Define = Callable[[optuna.Trial], dict[str, Any]]
 
@@ -48,7 +52,8 @@ class PopulationSearch(Searcher):
         """Opened when first needed: the Tuner pickles its searcher, and a storage's file handles do not pickle."""
         if self._study is None:
             sampler = optuna.samplers.TPESampler(seed=self.seed)
-            self._study = optuna.create_study(study_name=self.study_name, storage=journal(self.journal_path),
+            path = JOURNALS.get(self.study_name, self.journal_path)
+            self._study = optuna.create_study(study_name=self.study_name, storage=journal(path),
                                               sampler=sampler, direction="minimize" if self.mode == "min" else
                                               "maximize", load_if_exists=True)
         return self._study
@@ -65,10 +70,9 @@ class PopulationSearch(Searcher):
             self._trials[number] = optuna.Trial(self.study, frozen._trial_id)
         return self._trials[number]
 
-    def entry(self, trial: optuna.Trial | optuna.trial.FrozenTrial) -> dict[str, Any]:
-        """A member's config entry, from its Optuna trial (a frozen one replays its sampled values)."""
-        fixed = trial if isinstance(trial, optuna.Trial) else optuna.trial.FixedTrial(trial.params, trial.number)
-        return {**self.define(fixed), "number": trial.number}
+    def entry(self, trial: optuna.Trial) -> dict[str, Any]:
+        """A member's config entry, from its Optuna trial (asked again, a parameter returns its sampled value)."""
+        return {**self.define(trial), "number": trial.number}
 
     def ask(self) -> list[dict[str, Any]]:
         """A population: a lead trial that samples everything, then members that share its grouping parameters."""
@@ -124,15 +128,16 @@ class PopulationSearch(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         """The populations Ray knew at its last snapshot; Optuna trials asked after it, which no Ray trial trains,
-        are grouped into populations again (their sampled values stand) and handed out first."""
+        are grouped into populations again and handed out first. Their sampled values stand, and a trial killed
+        before it sampled everything samples the rest now."""
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
         self.running = state["running"]
         known = {n for numbers in self.running.values() for n in numbers}
         orphans: dict[tuple, list[dict[str, Any]]] = {}
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number not in known:
-                entry = self.entry(trial)
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number not in known:
+                entry = self.entry(self.trial(frozen.number))
                 orphans.setdefault(tuple(entry[k] for k in self.group), []).append(entry)
         self.pending = [group[i:i + self.size] for group in orphans.values()
                         for i in range(0, len(group), self.size)]
