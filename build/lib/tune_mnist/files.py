@@ -1,0 +1,64 @@
+"""Atomic result files: write beside the target, then rename, so a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Calls write(tmp_path) for a temp file in the target's folder, then renames it over `path`.
+
+    The file and any folders made for it get the modes the umask leaves (0644 and 0755 under umask 022).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # mode 0666 less the umask, as open() gives; mkstemp's files are 0600 whatever the umask
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+def write_csv(path: Path, frame: "pandas.DataFrame") -> None:  # noqa: F821 - pandas imported by callers
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def read_table(path: Path) -> "pandas.DataFrame":  # noqa: F821
+    """A results CSV with its text columns (error, checkpoint) as strings, empty where blank."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype={"error": "string", "checkpoint": "string"})
+    present = [c for c in ("error", "checkpoint") if c in frame]
+    frame[present] = frame[present].fillna("")
+    return frame
+
+
+def save_figure(path: Path, fig: "matplotlib.figure.Figure") -> None:  # noqa: F821
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -1,0 +1,168 @@
+"""The figures every study draws, written atomically as PNG. Notebooks call these same functions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tune_mnist.files import save_figure
+
+
+def _pyplot():
+    """matplotlib's pyplot, imported when a figure is drawn rather than by every trial's worker, which imports
+    its study's module (and so this one) but never draws: most of a second of each worker's start."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # trials and CI have no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def lines(path: Path, frame: pd.DataFrame, x: str, ys: Sequence[str], group: str, *, title: str,
+          logx: bool = False, logy: bool = False, yerr: Sequence[str] | None = None,
+          reference: tuple[str, float] | None = None) -> None:
+    """One subplot per y, one curve per value of `group`, optional error bars and a reference line (on the first)."""
+    fig, axes = _pyplot().subplots(1, len(ys), figsize=(6 * len(ys), 4.5), squeeze=False, layout="constrained")
+    for i, (ax, y) in enumerate(zip(axes.flat, ys)):
+        for key, part in frame.groupby(group, sort=True):
+            part = part.sort_values(x)
+            ax.errorbar(part[x], part[y], yerr=part[yerr[i]] if yerr else None, marker="o", capsize=3,
+                        label=f"{group}={key}")
+        if reference and i == 0:
+            ax.axhline(reference[1], color="k", linestyle="--", linewidth=1, label=reference[0])
+        ax.set(xlabel=x, ylabel=y)
+        if logx:
+            ax.set_xscale("log", base=2)
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    save_figure(path, fig)
+
+
+def intervals(path: Path, frame: pd.DataFrame, x: str, series: Sequence[tuple[str, str, str, str]], panel: str, *,
+              title: str, ylabel: str) -> None:
+    """One subplot per value of `panel`; per series (label, mean, low, high columns), a point with its interval at
+    each x (a category), the series side by side."""
+    keys = sorted(frame[panel].unique())
+    fig, axes = _pyplot().subplots(1, len(keys), figsize=(5.5 * len(keys), 4.5), squeeze=False, layout="constrained")
+    for ax, key in zip(axes.flat, keys):
+        part = frame[frame[panel] == key].reset_index(drop=True)
+        for i, (label, mean, low, high) in enumerate(series):
+            at = np.arange(len(part)) + (i - (len(series) - 1) / 2) * 0.2
+            err = np.vstack([part[mean] - part[low], part[high] - part[mean]]).clip(min=0)
+            ax.errorbar(at, part[mean], yerr=err, fmt="o", capsize=4, label=label)
+        ax.set_xticks(np.arange(len(part)), part[x].astype(str))
+        ax.set(title=f"{panel} = {key:,}" if isinstance(key, (int, np.integer)) else f"{panel} = {key}", xlabel=x,
+               ylabel=ylabel)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    save_figure(path, fig)
+
+
+def bars(path: Path, frame: pd.DataFrame, x: str, y: str, panel: str, *, title: str, ylabel: str) -> None:
+    """One subplot per value of `panel`, a horizontal bar per x."""
+    keys = sorted(frame[panel].unique())
+    fig, axes = _pyplot().subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False, layout="constrained")
+    for ax, key in zip(axes.flat, keys):
+        part = frame[frame[panel] == key].sort_values(y)
+        ax.barh(part[x].astype(str), part[y])
+        ax.set(title=f"{panel} = {key}", xlabel=ylabel)
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(title)
+    save_figure(path, fig)
+
+
+def front(path: Path, frame: pd.DataFrame, best: pd.DataFrame, x: str, y: str, group: str, *, title: str,
+          xlabel: str, ylabel: str) -> None:
+    """A point per row, coloured by `group`, and the rows of `best` joined as a front."""
+    fig, ax = _pyplot().subplots(figsize=(7.5, 5), layout="constrained")
+    for key, part in frame.groupby(group, sort=True):
+        ax.scatter(part[x], part[y], s=10, alpha=0.5, label=f"{group}={key}")
+    ax.step(best[x], best[y], where="post", color="k", linewidth=1.5, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    save_figure(path, fig)
+
+
+def panels(path: Path, frame: pd.DataFrame, panel: str, x: str, y: str, *, yerr: str | None = None,
+           title: str = "", ylabel: str | None = None) -> None:
+    """One subplot per value of `panel`, y (with error bars) against x."""
+    keys = sorted(frame[panel].unique())
+    cols = min(len(keys), 3)
+    rows = -(-len(keys) // cols)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False, sharey=True)
+    for ax, key in zip(axes.flat, keys):
+        part = frame[frame[panel] == key].sort_values(x)
+        ax.errorbar(part[x], part[y], yerr=part[yerr] if yerr else None, marker="o", capsize=3)
+        ax.set(title=f"{panel}={key}", xlabel=x, ylabel=ylabel or y)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(path, fig)
+
+
+def heatmaps(path: Path, frame: pd.DataFrame, row: str, col: str, values: Sequence[str], *, title: str) -> None:
+    """A heatmap of the mean of each value over (row, col) cells, one panel per value."""
+    fig, axes = _pyplot().subplots(1, len(values), figsize=(5 * len(values), 4.5), squeeze=False)
+    for ax, value in zip(axes.flat, values):
+        table = frame.pivot_table(index=row, columns=col, values=value, aggfunc="mean").sort_index(ascending=False)
+        im = ax.imshow(table.to_numpy(), aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(table.columns)), [f"{c:.3g}" for c in table.columns], rotation=45)
+        ax.set_yticks(range(len(table.index)), [f"{r:g}" for r in table.index])
+        ax.set(xlabel=col, ylabel=row, title=value)
+        for (i, j), v in np.ndenumerate(table.to_numpy()):
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="w")
+        fig.colorbar(im, ax=ax)
+    fig.suptitle(title)
+    save_figure(path, fig)
+
+
+def grouped_bars(path: Path, frame: pd.DataFrame, x: str, group: str, y: str, yerr: str, *, title: str) -> None:
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
+    groups = sorted(frame[group].unique())
+    xs = sorted(frame[x].unique())
+    width = 0.8 / len(groups)
+    for i, key in enumerate(groups):
+        part = frame[frame[group] == key].set_index(x).reindex(xs)
+        ax.bar(np.arange(len(xs)) + i * width, part[y], width, yerr=part[yerr], capsize=3, label=str(key))
+    ax.set_xticks(np.arange(len(xs)) + width * (len(groups) - 1) / 2, [str(v) for v in xs])
+    ax.set(xlabel=x, ylabel=y, title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    save_figure(path, fig)
+
+
+def random_search(path: Path, result: dict) -> None:
+    """Four panels: generalisation gap, train vs val with the bests, best-so-far vs chance, val histogram."""
+    pairs = np.array(result["pairs"] or [[np.nan, np.nan, 0]])   # rows: train, val, nets with that pair
+    history = pd.DataFrame(result["history"])
+    fig, axes = _pyplot().subplots(2, 2, figsize=(11, 8))
+    gap, scatter, best, hist = axes.flat
+    gap.hist(pairs[:, 0] - pairs[:, 1], bins=40, weights=pairs[:, 2])
+    gap.set(title="generalisation gap of passing nets", xlabel="train acc - val acc", ylabel="nets")
+    scatter.scatter(pairs[:, 0], pairs[:, 1], s=4 * np.sqrt(pairs[:, 2]), alpha=0.4, label="passing nets (area: how many)")
+    if len(history):
+        scatter.scatter(history["train"], history["val"], color="r", s=16, label="new bests")
+        best.plot(history["index"], history["val"], "o-", label="best val")
+        best.plot(history["index"], history["test"], "s-", label="its test")
+        best.plot(history["index"], history["expected_best"], "k--", label="expected best of chance")
+    scatter.set(title="train vs val accuracy", xlabel="train acc", ylabel="val acc")
+    scatter.legend(fontsize=8)
+    best.set_xscale("log")
+    best.set(title=f"best so far ({result['evaluated']:,} nets)", xlabel="nets evaluated", ylabel="accuracy")
+    best.legend(fontsize=8)
+    hist.hist(pairs[:, 1], bins=40, weights=pairs[:, 2])
+    hist.set(title=f"val accuracy of the {result['passing']:,} passing nets", xlabel="val acc", ylabel="nets")
+    fig.tight_layout()
+    save_figure(path, fig)
