@@ -19,7 +19,8 @@ import time
 
 import torch
 
-from tune_mnist import data, models, screen
+from tune_mnist import data, models
+from tune_mnist.kernels import screen
 from tune_mnist import random_search as rs
 
 

@@ -19,7 +19,8 @@ def main():
     for per_gpu in (1, 2, 4, 8):
         name = f"trials-{per_gpu}-{int(time.time())}"
         cmd = [sys.executable, "-m", "tune_mnist", "budget", "--P", "20000", "--trials", "0", "--max-depth", "1",
-               "--seeds", "8", "--epochs", "2", "--train-limit", "20000", "--gpus-per-trial", str(1 / per_gpu),
+               "--seeds", "8", "--population", "1", "--epochs", "2", "--train-limit", "20000",
+               "--gpus-per-trial", str(1 / per_gpu),
                "--name", name]
         done = subprocess.run(cmd, capture_output=True, text=True)
         wall = float(re.search(r"wall=([\d.]+)s", done.stdout).group(1))
