@@ -166,3 +166,28 @@ def random_search(path: Path, result: dict) -> None:
     hist.set(title=f"val accuracy of the {result['passing']:,} passing nets", xlabel="val acc", ylabel="nets")
     fig.tight_layout()
     save_figure(path, fig)
+
+
+def per_draw(path: Path, frame: pd.DataFrame, across: pd.DataFrame, x: str, group: str,
+          panels: Sequence[tuple[str, Sequence[tuple[str, str]]]], *, xlabel: str, title: str) -> None:
+    """A row of subplots per value of `group`, one per (ylabel, [(column, label)]) panel: each column's value at each
+    x (a category, such as a draw of data) as points, and its mean (dashed) and 95% interval (band) from `across`."""
+    keys = list(dict.fromkeys(frame[group]))
+    fig, axes = _pyplot().subplots(len(keys), len(panels), figsize=(5.5 * len(panels), 3.8 * len(keys)),
+                                   squeeze=False, layout="constrained")
+    for row, key in zip(axes, keys):
+        part = frame[frame[group] == key].sort_values(x)
+        summary = across[across[group] == key].iloc[0]
+        at = np.arange(len(part))
+        for ax, (ylabel, columns) in zip(row, panels):
+            for i, (column, label) in enumerate(columns):
+                ax.plot(at, part[column], "o", color=f"C{i}", label=label)
+                if np.isfinite(summary[column]):  # a setting where no draw has the value has no mean to draw
+                    ax.axhline(summary[column], color=f"C{i}", ls="--", lw=1)
+                    ax.axhspan(summary[f"{column}_low"], summary[f"{column}_high"], color=f"C{i}", alpha=0.15, lw=0)
+            ax.set_xticks(at, part[x].astype(str))
+            ax.set(title=str(key), xlabel=xlabel, ylabel=ylabel)
+            ax.grid(alpha=0.3, axis="y")
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: never over a point
+    fig.suptitle(title)
+    save_figure(path, fig)
