@@ -35,7 +35,7 @@ SCENARIOS = {  # name: (arguments, seconds within which a kill lands)
                        *SMALL], 40),
     "corruption": (["corruption", "--families", "mlp", "--activations", "relu", "tanh", "--p", "0", "0.5", "1",
                     "--repeats", "2", "--epochs", "2", "--population", "3", *SMALL], 30),
-    "random": (["random", "--weight-scales", "1.0", "2.0", "--max-nets", "30720", "--nets-per-step", "1024",
+    "random": (["random", "--weight-scales", "1.0", "2.0", "--data-seeds", "0", "1", "--max-nets", "30720", "--nets-per-step", "1024",
                 "--n-val", "1000", "--n-test", "1000"], 25),
 }
 
