@@ -81,8 +81,7 @@ def main() -> None:
     cluster.connect("local")
     res = cluster.Resources(gpus_per_trial=args.gpus_per_trial if gpu else 0.0)
     folder = Path(tempfile.mkdtemp(prefix="optuna-trials-"))
-    asha = ASHAScheduler(metric="val_loss", mode="min", time_attr="training_iteration", max_t=args.epochs,
-                         grace_period=1, reduction_factor=2)
+    asha = ASHAScheduler(time_attr="training_iteration", max_t=args.epochs, grace_period=1, reduction_factor=2)
     single = OptunaSearch(space=functools.partial(single_config, P=args.P, epochs=args.epochs), metric="val_loss",
                           mode="min", seed=0)
     populations = search.PopulationSearch(functools.partial(budget.define_space, P=args.P, space=SPACE),

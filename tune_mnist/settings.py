@@ -43,9 +43,10 @@ def builtin(study: str) -> Path:
     """A search space file installed with the package (the repository's search_spaces/), or, where the package
     runs from a checkout that is not installed (PYTHONPATH), the checkout's."""
     try:
-        return Path(str(files("tune_mnist.search_spaces") / f"{study}.toml"))
+        installed = Path(str(files("tune_mnist.search_spaces") / f"{study}.toml"))
     except ModuleNotFoundError:
-        return Path(__file__).parents[1] / "search_spaces" / f"{study}.toml"
+        installed = None
+    return installed if installed and installed.is_file() else Path(__file__).parents[1] / "search_spaces" / f"{study}.toml"
 
 
 def comments(text: str) -> dict[str, str]:
