@@ -85,7 +85,8 @@ def main() -> None:
     single = OptunaSearch(space=functools.partial(single_config, P=args.P, epochs=args.epochs), metric="val_loss",
                           mode="min", seed=0)
     populations = search.PopulationSearch(functools.partial(budget.define_space, P=args.P, space=SPACE),
-                                          group=["k", "activation"], n_trials=args.trials, size=args.population,
+                                          functools.partial(budget.define_population, P=args.P, space=SPACE),
+                                          n_trials=args.trials, size=args.population,
                                           journal_path=folder / "optuna.journal", study_name="benchmark",
                                           shared=shared(args.P, args.epochs))
     results = {}

@@ -115,18 +115,23 @@ def test_searcher_hands_out_again_what_optuna_asked_after_rays_last_snapshot(tmp
     """The kill race, made deterministic: populations asked after the searcher's last save are trained on restore
     (a trial killed before it sampled its values samples them then), those Ray knew are not asked again, a trial
     told before the kill is not told twice, and no trial number is handed out twice."""
+    def group(trial):
+        return {"k": trial.suggest_int("k", 1, 2)}
+
     def define(trial):
-        return {"k": trial.suggest_int("k", 1, 2), "x": trial.suggest_float("x", 0, 1)}
+        return {**group(trial), "x": trial.suggest_float("x", 0, 1)}
 
     def searcher():
-        return PopulationSearch(define, ["k"], n_trials=6, size=2, journal_path=tmp_path / "j", study_name="s",
+        return PopulationSearch(define, group, n_trials=6, size=2, journal_path=tmp_path / "j", study_name="s",
                                 shared={"P": 1})
 
     first = searcher()
     known = first.suggest("t1")
     first.save(str(tmp_path / "state"))
     lost = first.suggest("t2")  # asked after Ray's last snapshot: neither Ray nor the saved searcher knows it
-    bare = first.study.ask()  # killed between Optuna's ask and the sampling of its values
+    next_group = first.groups.ask()  # the next population: killed between a member's ask and its sampling
+    first.study.enqueue_trial(group(next_group))
+    bare = first.study.ask()
     assert len({m["k"] for m in known["members"]}) == 1 and len(known["members"]) == 2
     first.on_trial_result("t1", {"m0/val_loss": 0.5, "m0/epoch": 1, "m0/stopped_early": 1})
     first.on_trial_complete("t1", {"m0/val_loss": 0.5, "m0/epoch": 1, "m0/stopped_early": 1,
@@ -145,6 +150,12 @@ def test_searcher_hands_out_again_what_optuna_asked_after_rays_last_snapshot(tmp
     again.on_trial_complete("t1", {"m0/val_loss": 0.9, "m0/epoch": 2, "m1/val_loss": 0.9, "m1/epoch": 2})
     pruned, complete = again.study.trials[:2]
     assert pruned.state.name == "PRUNED" and complete.state.name == "COMPLETE" and complete.value == 0.3
+    populations = again.groups.trials
+    assert populations[0].state.name == "COMPLETE" and populations[0].value == 0.3, "told its best member's value"
+    assert [p.number for p in populations] == [0, 1, 2, 3], "the populations of before the kill, and one more"
+    of = {2: 1, 3: 1, 4: 2, 5: 3}
+    assert {m["number"]: m["k"] for m in handed} == {n: populations[p].params["k"] for n, p in of.items()}, \
+        "members share their population's depth"
 
 
 def test_atomic_write_leaves_no_half_file(tmp_path):
