@@ -203,7 +203,8 @@ def where_data_wins(doubled: pd.DataFrame) -> str:
     wins = doubled[doubled["better"] == "data"]
     if len(wins) in (0, len(doubled)):
         first, second = ("data", "width") if len(wins) else ("width", "data")
-        return f"at every cell of the grid, doubling the {first} lowers the predicted test loss more than the {second}"
+        return (f"at every cell of the grid, doubling the {first} lowers the predicted test loss more than doubling "
+                f"the {second}")
     # the law's gain from twice the data shrinks as the fraction grows, so at each width data wins up to a fraction
     upto = wins.groupby("width")["fraction"].max().reindex(sorted(doubled["width"].unique()), fill_value=0.0)
     spans = []
