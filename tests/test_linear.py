@@ -1,11 +1,15 @@
 """linear end to end through real Ray Tune, on MNIST subsets; budget draws a linear run as its reference."""
 
+import contextlib
+import io
 import json
+import re
 
 import pytest
 
 from conftest import run_notebook, run_study
 from tune_mnist.files import read_table
+from tune_mnist.studies import linear
 
 
 @pytest.fixture(scope="module")
@@ -14,8 +18,17 @@ def results(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def linear_run(results, ray_session):
-    return run_study(results, "linear", "--epoch-counts", "10", "100")
+def linear_output(results, ray_session):
+    """The run and its summary line."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run = run_study(results, "linear", "--epoch-counts", "10", "100", "--plateau-tolerance", "0.05")
+    return run, next(line for line in printed.getvalue().splitlines() if line.startswith("STUDY="))
+
+
+@pytest.fixture(scope="module")
+def linear_run(linear_output):
+    return linear_output[0]
 
 
 def test_linear_baseline_beats_85_percent(linear_run):
@@ -27,6 +40,36 @@ def test_linear_baseline_beats_85_percent(linear_run):
     init = trials[trials["grid"] == "init"]
     assert len(init) == 2 * 2 and set(init["init_scale"]) == {0.0, 1.0}
     assert (linear_run / "loss_curves.png").is_file() and (linear_run / "init_curves.png").is_file()
+
+
+def test_linear_report_states_the_plateau_and_whether_the_init_matters(linear_output):
+    run, line = linear_output
+    trials, curves = read_table(run / "trials.csv"), read_table(run / "curves.csv")
+    lr = linear.chosen_lr(trials)
+    stops = read_table(run / "plateaus.csv")
+    chosen = stops[(stops["grid"] == "step_size") & (stops["lr"] == lr)].iloc[0]
+    curve = curves[(curves["grid"] == "step_size") & (curves["lr"] == lr)].set_index("epoch")["train_loss"]
+    epoch, before = chosen["plateau_epoch"], chosen["evaluated_before"]
+    assert chosen["tolerance"] == 0.05 and epoch in curve.index and epoch < 100  # smoke's curve flattens by 5%
+    # from the plateau on the loss falls by at most 5% of itself; from the evaluated epoch before, by more
+    assert curve[curve.index >= epoch].min() >= (1 - 0.05) * curve[epoch]
+    assert before == 0 or curve[curve.index >= before].min() < (1 - 0.05) * curve[before]
+    assert len(stops) == len(trials) and (stops["plateau_epoch"] <= stops["last_epoch"]).all()
+    init = read_table(run / "init.csv")
+    assert sorted(init["init_scale"]) == [0.0, 1.0] and (init["seeds"] == 2).all()
+    for name in ("test_loss", "test_acc"):
+        assert (init[f"{name}_low"] <= init[name]).all() and (init[name] <= init[f"{name}_high"]).all()
+        assert (init[f"{name}_high"] > init[f"{name}_low"]).any()  # init scale 1's seeds differ: a real interval
+    assert init["test_loss"].is_monotonic_increasing and not init["beaten"].iloc[0]
+    verdict = "yes" if init["beaten"].any() else "no"
+    assert f"best_lr={lr} plateau_epoch={epoch} init_matters={verdict}" in line
+    text = (run / "REPORT.md").read_text()
+    answer = text.split("## Answer")[1].split("\n## ")[0]
+    assert linear.QUESTION in text and f"Step size {lr:g} gives the lowest final training loss" in answer
+    assert f"past epoch {epoch} its training loss improves by less than 5%" in answer
+    assert ("The starting point matters" if verdict == "yes" else "The starting point does not matter") in answer
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert {"plateau.png", "init.png"} <= set(links) and all((run / link).is_file() for link in links)
 
 
 @pytest.fixture(scope="module")
