@@ -26,8 +26,9 @@ def test_help_shows_every_key_of_the_toml_with_its_value_and_comment(study, caps
     space = settings.Space(STUDIES[study].Settings, study)
     for path in (settings.builtin("common"), settings.builtin(study)):
         values = tomllib.loads(path.read_text())
-        gpu = values.pop("gpu", {})
+        values.pop("gpu", None)
         values.pop("smoke", None)
+        gpu = space.tables["gpu"]  # the study's [gpu] table over common's
         for key, value in values.items():
             flag = "--" + key.replace("_", "-")
             with_gpu = f"; with GPUs: {shown(gpu[key])}" if key in gpu else ""

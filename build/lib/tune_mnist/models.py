@@ -133,7 +133,15 @@ def describe(spec: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"unknown input scaling {inputs!r}; choose from {', '.join(SCALINGS)}")
     return {**architecture(spec), "inputs": inputs, "scaling": SCALINGS[inputs], "input_shape": INPUT_SHAPE,
             "input_range": INPUT_RANGE, "classes": CLASSES,
-            "versions": {"torch": torch.__version__, "tune_mnist": metadata.version("tune_mnist")}}
+            "versions": {"torch": torch.__version__, "tune_mnist": version()}}
+
+
+def version() -> str:
+    """tune_mnist's version; a checkout run without installing it has none."""
+    try:
+        return metadata.version("tune_mnist")
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 class Exported(nn.Module):

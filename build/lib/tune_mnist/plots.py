@@ -128,6 +128,90 @@ def heatmaps(path: Path, frame: pd.DataFrame, row: str, col: str, values: Sequen
     save_figure(path, fig)
 
 
+def fits(path: Path, points: pd.DataFrame, curves: pd.DataFrame, x: str, y: str, group: str, *, title: str,
+         xlabel: str, ylabel: str, name: str | None = None, yerr: str | None = None, logx: bool = False,
+         logy: bool = False) -> None:
+    """Measured points per value of `group` with fitted curves over them: a curve takes its group's colour (black
+    for a group without points) and a line style per fit (the curves' "fit" column, named in the legend)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    keys = sorted(points[group].unique())
+    # ordered groups (widths, fractions) read best on an ordered colour scale
+    colours = dict(zip(keys, plt.cm.viridis(np.linspace(0, 0.9, len(keys)))))
+    for key, part in points.groupby(group, sort=True):
+        part = part.sort_values(x)
+        ax.errorbar(part[x], part[y], yerr=part[yerr] if yerr else None, fmt="o", capsize=3, color=colours[key],
+                    label=f"{name or group} = {key:g}")
+    styles = {fit: ["-", "--", ":", "-."][i % 4] for i, fit in enumerate(curves["fit"].unique())}
+    for (fit, key), part in curves.groupby(["fit", group], sort=False):
+        part = part.sort_values(x)
+        ax.plot(part[x], part[y], styles[fit], color=colours.get(key, "k"), linewidth=1.2)
+    for fit, style in styles.items():
+        ax.plot([], [], style, color="0.3", label=fit)  # one legend entry per line style
+    _log_axes(ax, logx, logy)
+    measured = sorted(points[x].unique())
+    ax.set_xticks(measured, [f"{v:g}" for v in measured])  # ticks where there are points
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3, which="both")
+    fig.suptitle(title)
+    fig.legend(loc="outside lower center", ncols=4, fontsize=8)  # below the axes: clear of title and data
+    save_figure(path, fig)
+
+
+def _log_axes(ax: "matplotlib.axes.Axes", logx: bool, logy: bool) -> None:  # noqa: F821
+    """Log scales labelled in plain numbers (1.8, 0.0625), not powers, which a narrow range makes unreadable."""
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    if logx:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if logy:
+        ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        # within a decade the minor ticks are the only labels; across decades they crowd
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g") if high / low < 10 else NullFormatter())
+
+
+def choices(path: Path, frame: pd.DataFrame, row: str, col: str, value: str, *, title: str, xlabel: str,
+            ylabel: str) -> None:
+    """A map of the category `value` takes at each (row, col) cell, each cell coloured and named by it."""
+    plt = _pyplot()
+    from matplotlib.colors import ListedColormap
+
+    table = frame.pivot(index=row, columns=col, values=value).sort_index(ascending=False)
+    names = sorted(frame[value].unique())
+    codes = table.apply(lambda c: c.map({n: i for i, n in enumerate(names)})).to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(max(5.0, 2 + 0.8 * len(table.columns)), max(3.5, 1.5 + 0.45 * len(table.index))),
+                           layout="constrained")
+    ax.imshow(codes, cmap=ListedColormap([f"C{i}" for i in range(len(names))]), vmin=-0.5,
+              vmax=len(names) - 0.5, aspect="auto")
+    ax.set_xticks(range(len(table.columns)), [f"{c:g}" for c in table.columns], rotation=45)
+    ax.set_yticks(range(len(table.index)), [f"{r:g}" for r in table.index])
+    for (i, j), category in np.ndenumerate(table.to_numpy()):
+        ax.text(j, i, category, ha="center", va="center", fontsize=8, color="w")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    save_figure(path, fig)
+
+
+def marked_lines(path: Path, frame: pd.DataFrame, x: str, y: str, group: str, marks: Sequence[tuple[str, float]],
+                 *, title: str, xlabel: str, ylabel: str, name: str | None = None, logx: bool = False,
+                 logy: bool = False) -> None:
+    """One curve per value of `group`, and a vertical line at each (label, x) of `marks`."""
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5), layout="constrained")
+    for key, part in frame.groupby(group, sort=True):
+        part = part.sort_values(x)
+        ax.plot(part[x], part[y], marker="o", markersize=3, label=f"{name or group} = {key:g}")
+    for i, (label, at) in enumerate(marks):
+        ax.axvline(at, color="k", linestyle=["--", ":", "-."][i % 3], linewidth=1, label=label)
+    _log_axes(ax, logx, logy)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3, which="both")
+    fig.suptitle(title)
+    fig.legend(loc="outside lower center", ncols=4, fontsize=8)  # below the axes: clear of title and data
+    save_figure(path, fig)
+
+
 def grouped_bars(path: Path, frame: pd.DataFrame, x: str, group: str, y: str, yerr: str, *, title: str) -> None:
     fig, ax = _pyplot().subplots(figsize=(8, 4.5))
     groups = sorted(frame[group].unique())
@@ -165,4 +249,29 @@ def random_search(path: Path, result: dict) -> None:
     hist.hist(pairs[:, 1], bins=40, weights=pairs[:, 2])
     hist.set(title=f"val accuracy of the {result['passing']:,} passing nets", xlabel="val acc", ylabel="nets")
     fig.tight_layout()
+    save_figure(path, fig)
+
+
+def per_draw(path: Path, frame: pd.DataFrame, across: pd.DataFrame, x: str, group: str,
+          panels: Sequence[tuple[str, Sequence[tuple[str, str]]]], *, xlabel: str, title: str) -> None:
+    """A row of subplots per value of `group`, one per (ylabel, [(column, label)]) panel: each column's value at each
+    x (a category, such as a draw of data) as points, and its mean (dashed) and 95% interval (band) from `across`."""
+    keys = list(dict.fromkeys(frame[group]))
+    fig, axes = _pyplot().subplots(len(keys), len(panels), figsize=(5.5 * len(panels), 3.8 * len(keys)),
+                                   squeeze=False, layout="constrained")
+    for row, key in zip(axes, keys):
+        part = frame[frame[group] == key].sort_values(x)
+        summary = across[across[group] == key].iloc[0]
+        at = np.arange(len(part))
+        for ax, (ylabel, columns) in zip(row, panels):
+            for i, (column, label) in enumerate(columns):
+                ax.plot(at, part[column], "o", color=f"C{i}", label=label)
+                if np.isfinite(summary[column]):  # a setting where no draw has the value has no mean to draw
+                    ax.axhline(summary[column], color=f"C{i}", ls="--", lw=1)
+                    ax.axhspan(summary[f"{column}_low"], summary[f"{column}_high"], color=f"C{i}", alpha=0.15, lw=0)
+            ax.set_xticks(at, part[x].astype(str))
+            ax.set(title=str(key), xlabel=xlabel, ylabel=ylabel)
+            ax.grid(alpha=0.3, axis="y")
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: never over a point
+    fig.suptitle(title)
     save_figure(path, fig)

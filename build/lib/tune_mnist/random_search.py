@@ -39,6 +39,7 @@ ACTIVATIONS_BUDGET = 2 * 2**30  # bytes of activations and conv2 maps per chunk:
 # and 5) on an H100; every net within this many images of the threshold is re-scored in fp32, so the screen
 # decides exactly as fp32 does.
 SCREEN_MARGIN = 4
+SHUFFLE_SEED = 0  # seeds the one shuffle whose blocks are the draws (draw 0: the single split of earlier runs)
 
 
 def exact_fp32() -> None:
@@ -101,11 +102,15 @@ def expected_best(n: int, n_val: int, p: float = CHANCE) -> float:
 
 def search_splits(data: Mnist, n_train: int, n_val: int, n_test: int, data_seed: int,
                   device: torch.device | str) -> dict[str, DeviceSplit]:
-    """Fixed, disjoint train/val/test splits drawn from MNIST's 60,000 training images by data_seed."""
+    """Fixed, disjoint train/val/test splits from MNIST's 60,000 training images: draw `data_seed` is the
+    data_seed-th block of n_train + n_val + n_test images of one fixed shuffle, so no two draws share an image."""
     x, y = torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])
-    if n_train + n_val + n_test > len(x):
-        raise ValueError(f"splits of {n_train}+{n_val}+{n_test} images need more than the {len(x)} available")
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(data_seed))
+    size = n_train + n_val + n_test
+    start = data_seed * size
+    if data_seed < 0 or start + size > len(x):
+        raise ValueError(f"draw {data_seed} of {n_train}+{n_val}+{n_test} images needs images {start:,} to "
+                         f"{start + size:,} of the {len(x):,} available")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SHUFFLE_SEED))[start:start + size]
     a, b = n_train, n_train + n_val
     pick = {"train": order[:a], "val": order[a:b], "test": order[b:b + n_test]}
     parts = Mnist(*(t for name in ("train", "val", "test") for t in (x[pick[name]], y[pick[name]])))

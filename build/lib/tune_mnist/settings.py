@@ -40,8 +40,13 @@ class Common:
 
 
 def builtin(study: str) -> Path:
-    """A search space file installed with the package (the repository's search_spaces/)."""
-    return Path(str(files("tune_mnist.search_spaces") / f"{study}.toml"))
+    """A search space file installed with the package (the repository's search_spaces/), or, where the package
+    runs from a checkout that is not installed (PYTHONPATH), the checkout's."""
+    try:
+        installed = Path(str(files("tune_mnist.search_spaces") / f"{study}.toml"))
+    except ModuleNotFoundError:
+        installed = None
+    return installed if installed and installed.is_file() else Path(__file__).parents[1] / "search_spaces" / f"{study}.toml"
 
 
 def comments(text: str) -> dict[str, str]:

@@ -150,11 +150,17 @@ def grid(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.Resources
 # ----------------------------------------------------------------------------------------------------------------
 # Stage 2: Optuna, a population of trials at a time
 
-def define_space(trial: optuna.Trial, P: int, space: dict[str, Any]) -> dict[str, Any]:
-    """Optuna define-by-run: depth, shape family, activation, lr and weight decay; widths meet P by construction."""
+def define_population(trial: optuna.Trial, P: int, space: dict[str, Any]) -> dict[str, Any]:
+    """What a population's members share: depth and activation (the populations' study samples them)."""
     depths = closed_form.feasible_depths(P, space["optuna_max_depth"])
-    k = trial.suggest_int("k", depths[0], depths[-1])
-    activation = trial.suggest_categorical("activation", space["activations"])
+    return {"k": trial.suggest_int("k", depths[0], depths[-1]),
+            "activation": trial.suggest_categorical("activation", space["activations"])}
+
+
+def define_space(trial: optuna.Trial, P: int, space: dict[str, Any]) -> dict[str, Any]:
+    """Optuna define-by-run: depth and activation (its population's), shape family, lr and weight decay; widths meet
+    P by construction."""
+    k, activation = define_population(trial, P, space).values()
     shape = trial.suggest_categorical("shape", space["shapes"]) if k > 1 else "uniform"
     ratio = trial.suggest_float("ratio", *space["ratio"]) if shape in ("decreasing", "increasing") else 0.5
     free = [trial.suggest_float(f"r{i}", 0.05, 1.0) for i in range(k)] if shape == "free" else []
@@ -171,8 +177,8 @@ def optuna_stage(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.R
     space = {k: getattr(s, k) for k in ("optuna_max_depth", "activations", "shapes", "ratio", "lr_range",
                                         "weight_decay_range")}
     search.JOURNALS[study_name(P)] = run_dir / "optuna.journal"
-    searcher = search.PopulationSearch(functools.partial(define_space, P=P, space=space), group=["k", "activation"],
-                                       n_trials=s.trials, size=s.search_population,
+    searcher = search.PopulationSearch(functools.partial(define_space, P=P, space=space),
+                                       functools.partial(define_population, P=P, space=space), n_trials=s.trials, size=s.search_population,
                                        journal_path=run_dir / "optuna.journal", study_name=study_name(P),
                                        shared=shared(s, P, "optuna"))
     grid = runner.run(trainable, run_dir, f"P{P}-optuna", res, data, num_samples=s.trials, search_alg=searcher,
