@@ -3,6 +3,7 @@
 import re
 import time
 
+import pandas as pd
 import pytest
 
 from conftest import run_notebook, run_study
@@ -57,6 +58,13 @@ def test_corruption_population_equals_separate_trials(corruption_run, results, c
     together = run_study(results, "corruption", "--population", "4", name="pop")
     out = capsys.readouterr().out
     assert re.search(r"^\[grid\] 2 trials in [\d.]+ s$", out, re.M)
+    # the summary line carries the answer: each family's most robust activation and its area with its interval
+    ranked = read_table(together / "ranking.csv").set_index("family")
+    for family in ("mlp", "cnn"):
+        best = ranked.loc[family]
+        area = f"{best['area']:.4f}[{best['area_low']:.4f},{best['area_high']:.4f}]"
+        assert re.search(rf"^STUDY=corruption .* {family}_most_robust=relu {family}_area={re.escape(area)} "
+                         rf"{family}_tied=none", out, re.M), out
     # the estimate times the populations that the trials train, not single nets
     assert re.search(r"^\[corruption\] estimate: 8 runs \(mlp [\d.]+s/run, cnn [\d.]+s/run, populations of 4\), 2 at once",
                      out, re.M), out
@@ -80,6 +88,68 @@ def test_corruption_population_equals_separate_trials(corruption_run, results, c
     member = EventAccumulator(str(together / "tensorboard" / trial.name / "m0")).Reload()
     row = stacked[(stacked["trial_id"] == trial.name.removeprefix("trial_")) & (stacked["member"] == 0)]
     assert member.Scalars("test_acc")[-1].value == pytest.approx(row["test_acc"].item())
+
+
+def test_corruption_robustness_per_repeat_with_intervals(corruption_run):
+    """With p in {0, 1}, each repeat's threshold p is where its line from (0, a0) to (1, a1) falls to 90% of a0,
+    inside (0, 1), and its area is the line's mean, (a0 + a1) / 2; robustness.csv averages them over repeats."""
+    from tune_mnist import stats
+
+    per_run = read_table(corruption_run / "results_per_run.csv")
+    curves = per_run.pivot_table(index=["family", "activation", "seed"], columns="p", values="test_acc")
+    a0, a1 = curves[0.0], curves[1.0]
+    expected = pd.DataFrame({"threshold": 0.1 * a0 / (a0 - a1), "area": (a0 + a1) / 2})
+    robust = read_table(corruption_run / "robustness.csv").set_index(["family", "activation"])
+    assert len(robust) == 2 and (robust["repeats"] == 2).all()
+    for key, part in expected.groupby(["family", "activation"]):
+        row = robust.loc[key]
+        for name in ("threshold", "area"):
+            interval = stats.mean_interval(part[name])
+            assert row[name] == pytest.approx(interval.mean)
+            assert (row[f"{name}_low"], row[f"{name}_high"]) == pytest.approx((interval.low, interval.high))
+            assert row[f"{name}_low"] <= row[name] <= row[f"{name}_high"]
+        assert 0 < row["threshold"] < 1
+        assert a1.loc[key].mean() < row["area"] < a0.loc[key].mean()
+    assert (corruption_run / "robustness.png").stat().st_size > 10_000
+
+
+def test_corruption_ranking_and_report_answer_per_family(corruption_run):
+    ranked = read_table(corruption_run / "ranking.csv")
+    robust = read_table(corruption_run / "robustness.csv").set_index(["family", "activation"])
+    assert list(ranked["family"]) == ["mlp", "cnn"] and (ranked["rank"] == 1).all()
+    assert (ranked["activation"] == "relu").all() and ranked["tied_with_best"].all() and not ranked["beaten"].any()
+    for row in ranked.itertuples():
+        assert row.area == pytest.approx(robust.loc[(row.family, row.activation), "area"]) and row.n == 2
+    text = (corruption_run / "REPORT.md").read_text()
+    assert "**Question.** Which activation keeps its accuracy best as training pixels are corrupted, for MLPs and " \
+           "for CNNs?" in text
+    answer = text.split("## Answer", 1)[1].split("\n## ", 1)[0]
+    for family in ("MLP", "CNN"):
+        assert re.search(rf"\*\*{family}:\*\* relu keeps its accuracy best: .* is [\d.]+ ± [\d.]+ \(95% CI "
+                         rf"[\d.]+–[\d.]+, n=2\), .* up to p = [\d.]+ ± [\d.]+ \(95% CI", answer), answer
+    figures = re.findall(r"!\[[^]]+\]\(([^)]+)\)", text)
+    assert sorted(figures) == sorted(p.name for p in corruption_run.glob("*.png"))
+    assert {"robustness.png", "accuracy_vs_p.png"} <= set(figures)
+    assert "| family | rank | activation | area |" in text and "Welch t-tests" in text
+
+
+def test_corruption_answer_names_the_ties_and_the_beaten():
+    """Three activations, three repeats: one clearly worse is beaten, one within noise of the best is tied."""
+    from tune_mnist.studies import corruption
+
+    level = {"gelu": 0.70, "tanh": 0.69, "sigmoid": 0.50}
+    noise = [-0.01, 0.0, 0.012]
+    per_run = pd.DataFrame([{"family": "mlp", "activation": a, "seed": s, "p": p, "error": "",
+                             "test_acc": (0.95 if p == 0 else 2 * level[a] - 0.95) + noise[s]}
+                            for a in level for s in range(3) for p in (0.0, 1.0)])
+    repeats = corruption.per_repeat(per_run)
+    ranked = corruption.ranking(repeats)
+    assert list(ranked["activation"]) == ["gelu", "tanh", "sigmoid"]
+    assert list(ranked["tied_with_best"]) == [True, True, False] and list(ranked["beaten"]) == [False, False, True]
+    assert ranked["area"].tolist() == pytest.approx([0.70, 0.69, 0.50], abs=0.005)
+    text = corruption.answer("mlp", ranked, corruption.robustness(repeats))
+    assert text.startswith("**MLP:** gelu keeps its accuracy best")
+    assert "Tied with it: tanh; below it beyond noise: sigmoid (Welch t-tests" in text
 
 
 def test_notebook_shows_the_run(tmp_path, corruption_run, monkeypatch):
