@@ -23,7 +23,6 @@ from tune_mnist.files import read_table, write_csv
 from tune_mnist.population import Member, Population
 from tune_mnist.report import for_run
 from tune_mnist.settings import Common
-from tune_mnist.studies.budget_report import interval_columns
 from tune_mnist.train import TrainConfig, compile_ahead, epoch_loop, make_optimizer, same_kernels
 from tune_mnist.tuning import cluster, runner, trial
 
@@ -185,7 +184,7 @@ def per_repeat(per_run: pd.DataFrame) -> pd.DataFrame:
 def robustness(repeats: pd.DataFrame) -> pd.DataFrame:
     """Per family and activation: threshold p and area, mean with its 95% interval over repeats."""
     rows = [{"family": family, "activation": act, "repeats": len(part), "clean_acc": part["clean_acc"].mean(),
-             **interval_columns("threshold", part["threshold"]), **interval_columns("area", part["area"])}
+             **stats.interval_columns("threshold", part["threshold"]), **stats.interval_columns("area", part["area"])}
             for (family, act), part in repeats.groupby(["family", "activation"], sort=False)]
     return pd.DataFrame(rows, columns=["family", "activation", "repeats", "clean_acc", "threshold", "threshold_low",
                                        "threshold_high", "area", "area_low", "area_high"])
