@@ -147,9 +147,12 @@ def importance(run_dir: Path, Ps: list[int]) -> pd.DataFrame:
     for P in Ps:
         try:
             study = optuna.load_study(study_name=study_name(P), storage=journal(run_dir / "optuna.journal"))
-            with warnings.catch_warnings():  # its caveat on thinly sampled conditional settings: the table says n
+            done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            # only what every trial sampled: a shape's own settings (ratio, r0, ...) exist for that shape alone
+            shared = sorted(set.intersection(*(set(t.params) for t in done))) if done else []
+            with warnings.catch_warnings():  # Optuna's caveat on thinly sampled values
                 warnings.simplefilter("ignore")
-                found = optuna.importance.get_param_importances(study)
+                found = optuna.importance.get_param_importances(study, params=shared)
         except (KeyError, ValueError, RuntimeError):  # no study, or too few completed trials to say
             continue
         rows += [{"P": P, "param": k, "importance": v} for k, v in found.items()]

@@ -31,7 +31,7 @@ ACTIVATIONS = {
     "leaky_relu": lambda: nn.LeakyReLU(0.1),
 }
 ARCHITECTURES = {  # each family's settings and their defaults (None: the spec must give it)
-    "mlp": {"widths": None, "activation": "tanh"},
+    "mlp": {"widths": None, "activation": "tanh", "outputs": 10},
     "cnn": {"channels": [32, 64], "hidden": 128, "activation": "relu"},
     "tiny_cnn": {},
 }
@@ -114,7 +114,7 @@ def architecture(spec: dict[str, Any]) -> dict[str, Any]:
 def _build(spec: dict[str, Any]) -> nn.Module:
     arch = architecture(spec)
     if arch["family"] == "mlp":
-        return mlp(arch["widths"], arch["activation"])
+        return mlp(arch["widths"], arch["activation"], n_out=arch["outputs"])
     if arch["family"] == "cnn":
         return cnn(arch["channels"], arch["hidden"], arch["activation"])
     return tiny_cnn()
@@ -197,10 +197,11 @@ def load(path: str | os.PathLike) -> Exported:
     """The model saved at `path`, on the CPU, read without running any code from the file.
 
     It takes raw images: a float tensor (N, 1, 28, 28) with values in [0, 1] (pixel / 255), and returns
-    logits (N, 10) for the classes 0..9; it applies the input scaling it was trained with (card["inputs"])
-    itself. `model.spec` is the spec as saved (`build(model.spec)` makes the plain network, whose state_dict
-    equals `model.state_dict()`), `model.info` the metrics saved with it, `model.card` the file's description
-    (see `describe`). A file that would run code, or is no model file, raises UserError.
+    logits (N, 10) for the classes 0..9 (an MLP's are spec["outputs"] wide, the logits past the 10th naming no
+    class); it applies the input scaling it was trained with (card["inputs"]) itself. `model.spec` is the spec
+    as saved (`build(model.spec)` makes the plain network, whose state_dict equals `model.state_dict()`),
+    `model.info` the metrics saved with it, `model.card` the file's description (see `describe`). A file that
+    would run code, or is no model file, raises UserError.
     """
     blob = load_state(path)
     if "spec" not in blob or "state_dict" not in blob:

@@ -55,6 +55,12 @@ def mean_interval(values: ArrayLike, level: float = 0.95) -> Interval:
     return Interval(mean, mean - half, mean + half, int(v.size), se, level)
 
 
+def interval_columns(prefix: str, values: ArrayLike, level: float = 0.95) -> dict[str, float]:
+    """mean_interval as table columns: prefix, prefix_low, prefix_high."""
+    i = mean_interval(values, level)
+    return {prefix: i.mean, f"{prefix}_low": i.low, f"{prefix}_high": i.high}
+
+
 def paired_difference(a: ArrayLike, b: ArrayLike, level: float = 0.95) -> Interval:
     """t-interval of a−b over matched pairs; two Series are matched on their index (e.g. seed)."""
     if isinstance(a, pd.Series) and isinstance(b, pd.Series):

@@ -52,11 +52,6 @@ def label(row: Any) -> str:
     return f"{row['widths']} {row['activation']}"
 
 
-def interval_columns(prefix: str, values: pd.Series) -> dict[str, float]:
-    i = stats.mean_interval(values)
-    return {prefix: i.mean, f"{prefix}_low": i.low, f"{prefix}_high": i.high}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Tables
 
@@ -70,14 +65,14 @@ def shapes(trials: pd.DataFrame) -> pd.DataFrame:
         top = part.nsmallest(max(1, math.ceil(len(part) / 10)), "val_loss")
         best = part.nsmallest(1, "val_loss").iloc[0]
         row = {"P": P, "shape": shape, "trials": len(part), "best": label(best), "best_val_loss": best.val_loss,
-               "best_test_loss": best.test_loss, "top_decile": len(top), **interval_columns("top_val_loss", top.val_loss),
-               **interval_columns("top_test_loss", top.test_loss)}
+               "best_test_loss": best.test_loss, "top_decile": len(top), **stats.interval_columns("top_val_loss", top.val_loss),
+               **stats.interval_columns("top_test_loss", top.test_loss)}
         family = confirm[(confirm["P"] == P) & (confirm["shape"] == shape)]
         if len(family):
             config, runs_ = ranked_configs(family)[0]
             row.update({"confirmed": label(runs_.iloc[0]), "seeds": len(runs_),
-                        **interval_columns("confirmed_val_loss", runs_.val_loss),
-                        **interval_columns("confirmed_test_loss", runs_.test_loss),
+                        **stats.interval_columns("confirmed_val_loss", runs_.val_loss),
+                        **stats.interval_columns("confirmed_test_loss", runs_.test_loss),
                         "confirmed_test_acc": runs_.test_acc.mean()})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -16,18 +16,22 @@ import ray
 import torch
 from ray import tune
 
-from tune_mnist import models, plots
+from tune_mnist import models, plots, stats
 from tune_mnist.data import DeviceSplit, Mnist, to_device
 from tune_mnist.errors import require
 from tune_mnist.files import read_table, write_csv
 from tune_mnist.population import Member, Population
+from tune_mnist.report import for_run
 from tune_mnist.settings import Common
 from tune_mnist.train import TrainConfig, compile_ahead, epoch_loop, make_optimizer, same_kernels
 from tune_mnist.tuning import cluster, runner, trial
 
 NAME = "corruption"
-HELP = "activations x MLP/CNN x pixel-corruption p x repeats: mean, std, stderr per cell"
+HELP = "activations x MLP/CNN x pixel-corruption p x repeats: which activation keeps its accuracy best"
 FAMILIES = ("mlp", "cnn")
+KEPT = 0.9  # a repeat's threshold p is the largest p that keeps this share of its clean accuracy
+QUESTION = "Which activation keeps its accuracy best as training pixels are corrupted, for MLPs and for CNNs?"
+TEST = "Welch t-tests of each activation's area against the best's, Holm-corrected within the family, at 95%"
 
 
 @dataclass
@@ -62,6 +66,7 @@ def check(s: Settings) -> None:
         require(f in FAMILIES, f"unknown model family {f!r}; choose from {', '.join(FAMILIES)}")
     for p in s.p:
         require(0 <= p <= 1, f"corruption p={p} is outside [0, 1]")
+    require(len(set(s.p)) >= 2, f"--p needs at least two values: robustness is read off accuracy vs p, got {s.p}")
     require(s.repeats >= 1, f"--repeats must be >= 1, got {s.repeats}")
     require(s.epochs >= 1, f"--epochs must be >= 1, got {s.epochs}")
     require(s.batch_size >= 1, f"--batch-size must be >= 1, got {s.batch_size}")
@@ -160,12 +165,134 @@ def summarise(per_run: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def report(run_dir: Path, out: Path | None = None) -> None:
-    summary = read_table(run_dir / "results_summary.csv")
+def per_repeat(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Per family, activation and repeat (seed), from its accuracy-vs-p curve: the largest p keeping KEPT of its
+    clean (smallest p) accuracy, and the area under the curve over the p range (its mean accuracy over p)."""
+    ok, every = per_run[per_run["error"].eq("")], per_run["p"].nunique()
+    rows = []
+    for (family, act, seed), curve in ok.groupby(["family", "activation", "seed"], sort=False):
+        if curve["p"].nunique() < every:  # a failed run leaves a curve over other p: not comparable
+            continue
+        curve = curve.sort_values("p")
+        clean = float(curve["test_acc"].iloc[0])
+        rows.append({"family": family, "activation": act, "seed": seed, "clean_acc": clean,
+                     "threshold": stats.threshold_crossing(curve["p"], curve["test_acc"], KEPT * clean),
+                     "area": stats.area_under(curve["p"], curve["test_acc"])})
+    return pd.DataFrame(rows, columns=["family", "activation", "seed", "clean_acc", "threshold", "area"])
+
+
+def robustness(repeats: pd.DataFrame) -> pd.DataFrame:
+    """Per family and activation: threshold p and area, mean with its 95% interval over repeats."""
+    rows = [{"family": family, "activation": act, "repeats": len(part), "clean_acc": part["clean_acc"].mean(),
+             **stats.interval_columns("threshold", part["threshold"]), **stats.interval_columns("area", part["area"])}
+            for (family, act), part in repeats.groupby(["family", "activation"], sort=False)]
+    return pd.DataFrame(rows, columns=["family", "activation", "repeats", "clean_acc", "threshold", "threshold_low",
+                                       "threshold_high", "area", "area_low", "area_high"])
+
+
+def ranking(repeats: pd.DataFrame) -> pd.DataFrame:
+    """Per family, the activations best area first, each tested against the best (see TEST)."""
+    ranked = []
+    for family in [f for f in FAMILIES if f in set(repeats["family"])]:
+        part = stats.rank_with_ties(repeats[repeats["family"] == family], "area", "activation")
+        part.insert(0, "rank", range(1, len(part) + 1))
+        ranked.append(part.assign(family=family))
+    columns = ["family", "rank", "activation", "area", "area_low", "area_high", "n", "p_value", "p_value_holm",
+               "beaten", "tied_with_best"]
+    if not ranked:
+        return pd.DataFrame(columns=columns)
+    ranked = pd.concat(ranked, ignore_index=True)
+    # p_value, not p: in this study p is the corruption probability
+    names = {"mean": "area", "low": "area_low", "high": "area_high", "p": "p_value", "p_holm": "p_value_holm"}
+    return ranked.rename(columns=names)[columns]
+
+
+def tied(ranked: pd.DataFrame) -> list[str]:
+    """The activations of a family's ranking within noise of its best, the best left out."""
+    return list(ranked[ranked["tied_with_best"]]["activation"].iloc[1:])
+
+
+def interval(row: Any, column: str, n: int) -> stats.Interval:
+    """A CSV row's mean, low and high of `column` as an Interval, to print it as stats does."""
+    return stats.Interval(row[column], row[f"{column}_low"], row[f"{column}_high"], n, float("nan"))
+
+
+def answer(family: str, ranked: pd.DataFrame, robust: pd.DataFrame) -> str:
+    """The answer for one family, from its ranking and robustness rows: the best, its intervals, who ties."""
+    best = ranked.iloc[0]
+    row = robust[robust["activation"] == best["activation"]].iloc[0]
+    n = int(best["n"])
+    text = (f"**{family.upper()}:** {best['activation']} keeps its accuracy best: its mean test accuracy over p "
+            f"(area under accuracy vs p) is {interval(best, 'area', n)}, and it keeps {KEPT:.0%} of its clean accuracy "
+            f"up to p = {interval(row, 'threshold', int(row['repeats']))}.")
+    if len(ranked) == 1:
+        return text + " It is the only activation in this run."
+    ties, beaten = tied(ranked), ranked[ranked["beaten"]]["activation"]
+    text += f" Tied with it: {', '.join(ties)}" if ties else " No other activation is tied with it"
+    text += f"; below it beyond noise: {', '.join(beaten)}" if len(beaten) else ""
+    return text + f" ({TEST})."
+
+
+def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± stderr test accuracy per family and activation (rows) and p (columns)."""
+    cells = summary.assign(cell=[f"{m:.4f} ± {e:.4f}" for m, e in zip(summary["mean"], summary["stderr"])])
+    table = cells.pivot(index=["family", "activation"], columns="p", values="cell")
+    table = table.set_axis([f"p = {p:g}" for p in table.columns], axis=1).reset_index()
+    return table.sort_values("family", key=lambda f: f.map(FAMILIES.index), kind="stable")
+
+
+def draw(summary: pd.DataFrame, robust: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
+    """The run's figures in `out`; (file, caption) of each."""
+    drawn: list[tuple[str, str]] = []
+    if summary.empty:  # every run failed: nothing to draw
+        return drawn
+    if len(robust):
+        plots.interval_points(
+            out / "robustness.png", robust, "activation", "family",
+            [("threshold", "threshold_low", "threshold_high", f"largest p keeping {KEPT:.0%} of clean accuracy"),
+             ("area", "area_low", "area_high", "mean test accuracy over p (area)")],
+            xlabel="activation", title="Robustness to corrupted training pixels: mean and 95% CI over repeats")
+        drawn.append(("robustness.png", f"Per family and activation, the largest p that keeps {KEPT:.0%} of the "
+                                        "clean accuracy and the area under accuracy vs p, mean and 95% interval over "
+                                        "repeats"))
+    plots.grouped_lines(out / "accuracy_vs_p.png", summary, "family", "p", "mean", "activation", yerr="stderr",
+                        xlabel="corruption probability p of each training pixel", ylabel="test accuracy",
+                        title="Test accuracy vs corruption p, the activations compared (mean ± stderr over repeats)")
+    drawn.append(("accuracy_vs_p.png", "Test accuracy against p, one line per activation, one panel per family"))
     for family, part in summary.groupby("family"):
-        plots.panels(Path(out or run_dir) / f"accuracy_vs_p_{family}.png", part, "activation", "p", "mean",
+        plots.panels(out / f"accuracy_vs_p_{family}.png", part, "activation", "p", "mean",
                      yerr="stderr", ylabel="test accuracy",
                      title=f"{family}: mean test accuracy vs corruption p (± stderr)")
+        drawn.append((f"accuracy_vs_p_{family}.png", f"{family}: test accuracy against p, one panel per activation"))
+    return drawn
+
+
+def report(run_dir: Path, out: Path | None = None) -> None:
+    """Figures and REPORT.md into `out` (default the run folder), from the run's CSVs."""
+    out = Path(out or run_dir)
+    summary, robust = read_table(run_dir / "results_summary.csv"), read_table(run_dir / "robustness.csv")
+    ranked = read_table(run_dir / "ranking.csv")
+    md = for_run(run_dir, "corruption: which activation keeps its accuracy as training pixels are corrupted?",
+                 QUESTION)
+    md.answer("\n\n".join(answer(family, part, robust[robust["family"] == family])
+                           for family, part in ranked.groupby("family", sort=False))
+              or "No repeat trained at every p, so nothing can be ranked.")
+    figures = draw(summary, robust, out)
+    md.section("Ranking", f"`ranking.csv`: per family, the activations by their area under accuracy vs p (mean and "
+                          f"95% interval over repeats). `beaten`: below the best beyond noise ({TEST}).")
+    md.table(ranked)
+    grid = ", ".join(f"{p:g}" for p in sorted(summary["p"].unique()))
+    md.section("Robustness", f"`robustness.csv`: per repeat, the largest p that keeps {KEPT:.0%} of its clean "
+                             "(smallest p) accuracy (`threshold`) and the area under its accuracy vs p divided by "
+                             "the p range (`area`); mean and 95% interval over repeats. Both read the curve through "
+                             f"the p run ({grid}), linear in between.")
+    md.table(robust)
+    md.section("Test accuracy", "`results_summary.csv`: mean ± stderr over repeats; the test set is never corrupted.")
+    md.table(accuracy_table(summary))
+    md.section("Figures")
+    for name, caption in figures:
+        md.figure(out / name, caption)
+    md.write(out)
 
 
 def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict[str, Any]:
@@ -179,9 +306,19 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
         keep=["family", "activation"], shown=["family", "activation", "p"], tensorboard=run_dir / "tensorboard",
         metric="test_acc", mode="max")
     summary = summarise(per_run)
+    repeats = per_repeat(per_run)
+    ranked = ranking(repeats)
     write_csv(run_dir / "results_per_run.csv", per_run)
     write_csv(run_dir / "results_summary.csv", summary)
+    write_csv(run_dir / "robustness.csv", robustness(repeats))
+    write_csv(run_dir / "ranking.csv", ranked)
     report(run_dir)
     clean = summary[summary["p"] == summary["p"].min()]["mean"].mean() if len(summary) else float("nan")
-    return {"runs": len(per_run), "errors": int(per_run["error"].ne("").sum()),
-            "mean_test_acc_at_min_p": round(float(clean), 4)}
+    found = {"runs": len(per_run), "errors": int(per_run["error"].ne("").sum()),
+             "mean_test_acc_at_min_p": round(float(clean), 4)}
+    for family, part in ranked.groupby("family", sort=False):
+        best = part.iloc[0]
+        found[f"{family}_most_robust"] = best["activation"]
+        found[f"{family}_area"] = f"{best['area']:.4f}[{best['area_low']:.4f},{best['area_high']:.4f}]"
+        found[f"{family}_tied"] = ",".join(tied(part)) or "none"
+    return found

@@ -15,7 +15,7 @@ restore, trials asked but never handed to Ray are handed out first.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
