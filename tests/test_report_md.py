@@ -2,6 +2,7 @@
 
 import re
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -68,3 +69,14 @@ def test_missing_figure_or_answer_raises(tmp_path):
     assert not (tmp_path / "REPORT.md").exists()
     with pytest.raises(ValueError, match="no answer"):
         Report("t", "q").write(tmp_path)
+
+
+def test_a_figure_given_from_the_working_directory_links_from_the_report(tmp_path, monkeypatch):
+    """A study draws into results/<study>/<run>/ from wherever the command ran, and passes that path."""
+    (tmp_path / "results" / "run").mkdir(parents=True)
+    (tmp_path / "results" / "run" / "a.png").write_bytes(b"png")
+    monkeypatch.chdir(tmp_path)
+    report = Report("t", "q")
+    report.answer("a")
+    report.figure(Path("results/run/a.png"), "cap")
+    assert "![cap](a.png)" in report.write(Path("results/run")).read_text()

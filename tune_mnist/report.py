@@ -84,8 +84,10 @@ class Report:
         self._body.append("\n".join(lines))
 
     def figure(self, path: str | Path, caption: str) -> None:
-        """A figure by its path, absolute or relative to the run folder; it must exist when written."""
-        self._body.append((Path(path), caption))
+        """A figure: a file that exists (its path absolute or from the working directory), or a path relative to the
+        report's folder; it must exist when written."""
+        path = Path(path)
+        self._body.append((path.resolve() if path.is_file() else path, caption))
 
     def write(self, run_dir: str | Path) -> Path:
         """Writes run_dir/REPORT.md atomically and returns its path; a missing figure or answer raises ValueError."""
