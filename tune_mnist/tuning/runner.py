@@ -74,7 +74,7 @@ class Progress(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result, members = trial.last_result or {}, trial.config.get("members", [])
         lone = members[0] if len(members) == 1 else {}  # a population of one: its keys are its trial's
-        keys = " ".join(f"{k}={result.get(k, trial.config.get(k, lone.get(k)))}" for k in self.shown)
+        keys = " ".join(f"{k}={shorten(result.get(k, trial.config.get(k, lone.get(k))))}" for k in self.shown)
         stopped = sum(1 for k, v in result.items() if k.endswith("/stopped_early") and v)
         early = f", {stopped} of {len(members)} members stopped early" if stopped else ""
         print(f"[{self.label}] {self.counts(trials, trial)} done  {keys}  {self.metric}={result.get(self.metric, float('nan')):.4f}"
@@ -82,6 +82,12 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(f"[{self.label}] {self.counts(trials, trial)} FAILED {trial.trial_id}: see {trial.path}", flush=True)
+
+
+def shorten(value: Any, width: int = 24) -> str:
+    """A value for a progress line: a deep net's widths would fill it."""
+    text = str(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, data: Mnist, *,
