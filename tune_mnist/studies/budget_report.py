@@ -188,10 +188,11 @@ def draw(run_dir: Path, trials: pd.DataFrame, out: Path) -> list[tuple[str, str]
         drawn.append(("importance.png", "Optuna's parameter importances"))
     done = finished(trials)
     done = done[done["test_acc"].notna()]
-    best = stats.pareto_front(done, "params", "test_acc")
-    plots.front(out / "pareto.png", done, best, "params", "test_acc", "P", xlabel="parameters",
-                ylabel="test accuracy", title="Test accuracy against parameters, every trained net")
-    drawn.append(("pareto.png", "Every net that trained to the end; the line is the Pareto front"))
+    if done["P"].nunique() > 1:  # one budget's nets all sit at P
+        plots.front(out / "pareto.png", done, stats.pareto_front(done, "params", "test_acc"), "params", "test_acc",
+                    "P", xlabel="parameters", ylabel="test accuracy",
+                    title="Test accuracy against parameters, every trained net")
+        drawn.append(("pareto.png", "Every net that trained to the end; the line is the Pareto front"))
     return drawn
 
 
