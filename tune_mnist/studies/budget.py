@@ -182,7 +182,7 @@ def optuna_stage(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.R
                                        journal_path=run_dir / "optuna.journal", study_name=study_name(P),
                                        shared=shared(s, P, "optuna"))
     grid = runner.run(trainable, run_dir, f"P{P}-optuna", res, data, num_samples=s.trials, search_alg=searcher,
-                      shown=["k", "activation", "population"], total=None,
+                      shown=["k", "activation", "population"], total=math.ceil(s.trials / s.search_population),
                       callbacks=[runner.MemberTensorboard(run_dir / "tensorboard" / f"P{P}-optuna")])
     return runner.member_rows(runner.rows(grid, ["P", "stage", "members"]))
 

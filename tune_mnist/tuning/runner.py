@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from ray import tune
 from tune_mnist import files, storage
 from tune_mnist.data import Mnist
 from tune_mnist.errors import UserError
-from tune_mnist.tuning.cluster import Resources
+from tune_mnist.tuning.cluster import Resources, trial_slots
 from tune_mnist.tuning.tensorboard import MemberTensorboard, TrialTensorboard
 
 # Forced snapshots after each checkpoint are what make resume lose nothing; the warning about them is noise.
@@ -27,6 +29,7 @@ RAY_COLUMNS = {"timestamp", "checkpoint_dir_name", "should_checkpoint", "done", 
                "pid", "time_since_restore", "iterations_since_restore", "experiment_tag", "config", "hostname",
                "node_ip"}
 FINISHED = ("TERMINATED", "ERROR")
+PENDING = "TUNE_MAX_PENDING_TRIALS_PG"  # read by Tune when an experiment starts
 STATES = ("state.pt", "search.pt")  # what a trial's checkpoint holds: a population's state, a random search's
 KEEP_CHECKPOINTS = 2  # the experiment state saved last can name the checkpoint before the newest: keep it
 
@@ -84,6 +87,24 @@ class Progress(tune.Callback):
         print(f"[{self.label}] {self.counts(trials, trial)} FAILED {trial.trial_id}: see {trial.path}", flush=True)
 
 
+@contextlib.contextmanager
+def pending_trials(count: int | None) -> Iterator[None]:
+    """Lets Tune ask a searcher for `count` trials ahead: with a searcher it asks for one at a time, and a second
+    trial then waited for the first's worker to be free although the cluster had room for both."""
+    if count is None:
+        yield
+        return
+    before = os.environ.get(PENDING)
+    os.environ[PENDING] = str(count)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[PENDING]
+        else:
+            os.environ[PENDING] = before
+
+
 def shorten(value: Any, width: int = 24) -> str:
     """A value for a progress line: a deep net's widths would fill it."""
     text = str(value)
@@ -129,7 +150,8 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
             ),
         )
     start, RayMessages.interrupted = time.time(), False
-    grid = tuner.fit()
+    with pending_trials(max(1, math.ceil(trial_slots(res))) if search_alg else None):
+        grid = tuner.fit()
     if RayMessages.interrupted and not stop_on_interrupt:
         # the trials that ended: a report marked done, or an error (the others were stopped mid-training)
         finished = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
