@@ -81,3 +81,20 @@ def test_ray_client_address_runs_a_study_and_shows_progress(tmp_path):
     assert "[init] 4/4 done" in done.stdout, "progress lines reach the client"
     trials = read_table(tmp_path / "linear" / "r" / "trials.csv")
     assert len(trials) == 6 and trials["error"].eq("").all() and trials["test_acc"].max() > 0.5
+
+
+def test_trials_spread_over_every_gpu_of_a_host_and_the_estimate_counts_them(tmp_path):
+    """Four logical GPUs on one node: four trials of a whole GPU each run at once, each seeing its own GPU as its
+    CUDA_VISIBLE_DEVICES, and corruption's estimate counts four trials at once."""
+    with cluster("--num-cpus", "2", "--num-gpus", "4") as port:
+        done = subprocess.run(
+            [sys.executable, "-m", "tune_mnist", "corruption", "--smoke", "--address", f"127.0.0.1:{port}",
+             "--gpus-per-trial", "1", "--cpus-per-trial", "0.25", "--population", "2", "--results", str(tmp_path),
+             "--name", "g"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "populations of 2), 4 at once" in done.stdout
+    runs = read_table(tmp_path / "corruption" / "g" / "results_per_run.csv")
+    trials = runs.groupby("trial_id").agg(gpu=("cuda_visible_devices", "first"), start=("started_at", "min"),
+                                          end=("reported_at", "max"))
+    assert len(trials) == 4 and sorted(trials["gpu"].astype(str)) == ["0", "1", "2", "3"], trials
+    assert max_overlap(list(zip(trials["start"], trials["end"]))) == 4, "all four at once, a GPU each"
