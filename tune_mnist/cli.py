@@ -68,7 +68,8 @@ def run_study(args: argparse.Namespace) -> int:
         saved = runs.read(run_dir, study.NAME)["settings"]
         runs.lock(run_dir)
         given = {k: getattr(args, k) for k in RESOURCES if getattr(args, k) is not None}  # the cluster may differ
-        s = settings.build(study.Settings, {**saved, **given})
+        # a setting added to the study since the run began takes its default
+        s = settings.build(study.Settings, {**space.values, **saved, **given})
     else:
         s = space.settings(args, args.smoke)
         run_dir = runs.new_run_dir(Path(s.results), study.NAME, s.name or None)
