@@ -33,12 +33,12 @@ def ray_session(tmp_path_factory):
     ray.shutdown()
 
 
-def under_triton_interpreter(code: str) -> None:
-    """Runs code in a fresh process under Triton's interpreter, which runs the GPU kernels on the CPU:
-    TRITON_INTERPRET must be set before a kernel is defined, so not in this process."""
+def under_triton_interpreter(script: str) -> None:
+    """Runs tests/interpreted/<script> in a fresh process under Triton's interpreter, which runs the GPU kernels on
+    the CPU: TRITON_INTERPRET must be set before a kernel is defined, so not in this process."""
     pytest.importorskip("triton")
-    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "interpreted" / script)],
+                            env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

@@ -129,125 +129,21 @@ def test_kernels_asked_for_again_are_waited_for_and_mlps_share_theirs(mnist):
     assert all(kernels._compiled[k].done() and kernels._compiled[k].exception() is None for k in started)
 
 
-DENSE_ADAM = """
-import torch
-from tune_mnist import data
-from tune_mnist.optim import Optimizer
-from tune_mnist.population import Member, Population
-from tune_mnist.train import TrainConfig, Trainer, make_optimizer
-
-splits = data.to_device(data.subset(data.load(), 512, 128), "cpu")
-members = [Member({"family": "mlp", "widths": w, "activation": "tanh"}, seed=s, lr=lr, weight_decay=wd, corruption=p)
-           for s, (w, lr, wd, p) in enumerate([([40, 24], 3e-3, 0.05, 0.0), ([16, 30], 1e-3, 0.0, 0.3)])]
-for optimizer in ("adam", "adamw"):
-    cfg = TrainConfig(epochs=2, batch_size=100, optimizer=optimizer)
-    fused, plain, start = (Population(members, "cpu") for _ in range(3))
-    kernel_opt = make_optimizer(fused, cfg)
-    torch_opt = Optimizer(plain.params, optimizer, [m.lr for m in members], [m.weight_decay for m in members])
-    torch_opt.kernels, torch_opt.fused, torch_opt.step_count = False, {}, 0  # torch ops only, as without Triton
-    for pop, opt in ((fused, kernel_opt), (plain, torch_opt)):
-        list(Trainer(pop, splits, cfg, opt).epochs())
-    assert kernel_opt.fused and kernel_opt.kernels and not torch_opt.fused
-    assert all(fused.params[k].grad is None for k in ("1.weight", "3.weight", "5.weight"))
-    for k, w in fused.params.items():  # measured 1e-6-2e-5 of how far they moved
-        moved = (plain.params[k] - start.params[k]).norm()
-        assert (w - plain.params[k]).norm() < 1e-4 * moved, (optimizer, k)
-"""
 
 
 def test_adam_kernels_update_weights_as_the_torch_ops():
     """The dense weights' Adam fused into their gradient's product, and every other parameter's Adam kernel, under
     Triton's interpreter: 12 steps of 2 members of different widths, lr and weight decay end where torch's ops do."""
-    under_triton_interpreter(DENSE_ADAM)
+    under_triton_interpreter("adam_kernels.py")
 
 
-FUSED_BLOCKS = """
-import torch
-from torch import nn
-from tune_mnist import models
-from tune_mnist.kernels import conv_pool
-from tune_mnist.population import Member, Population
-calls, blocks = [], conv_pool.blocks
-conv_pool.blocks = lambda *args: calls.append(1) or blocks(*args)
-
-
-def as_the_kernels_round(params, layers, n_blocks):
-    # The forward kernels take images, activations and weights into fp16 products and keep activations
-    # between blocks in fp16: with fp16-exact images and weights and the unfused pools' outputs rounded to
-    # fp16 (gradients passed unrounded, as between the kernels), the unfused layers compute what the kernels
-    # should, up to float rounding (and the rare fp16 rounding that a last-bit difference tips the other
-    # way: 1e-4 rather than 1e-5).
-    with torch.no_grad():
-        for v in params:
-            v.copy_(v.half().float())
-    for pool in [m for m in layers if isinstance(m, nn.MaxPool2d)][:n_blocks - 1]:
-        pool.register_forward_hook(lambda m, i, out: out + (out.half().float() - out).detach())
-
-
-# 64 -> 72 runs the kernels for wide blocks (conv_pool.QUAD_TILE, NINE_TAPS_TILE)
-for act, channels in [("relu", [8, 16]), ("leaky_relu", [8, 16, 24]), ("tanh", [8, 16]), ("gelu", [4, 16, 16]),
-                      ("sigmoid", [8, 16]), ("relu", [4, 64, 72])]:
-    spec = {"family": "cnn", "channels": channels, "hidden": 32, "activation": act}
-    p = Population([Member(spec, seed=s) for s in range(3)], "cpu")
-    assert p.fused_blocks == len(channels), (act, channels)
-    as_the_kernels_round(p.params.values(), [m for _, m in p.layers], len(channels))
-    x = torch.rand(3, 5, 1, 28, 28).half().float()
-    calls.clear()
-    fused = p(x)
-    assert calls, (act, channels)
-    fused_grads = torch.autograd.grad(fused.square().sum(), list(p.params.values()))
-    with torch.inference_mode():
-        fused_shared = p(x[0], shared=True)
-    p.fused_blocks = 0
-    plain = p(x)
-    plain_grads = torch.autograd.grad(plain.square().sum(), list(p.params.values()))
-    assert torch.allclose(fused, plain, rtol=1e-4, atol=1e-5), (act, channels)
-    assert torch.allclose(fused_shared, p(x[0], shared=True), rtol=1e-4, atol=1e-5), (act, channels)
-    for a, b in zip(fused_grads, plain_grads):
-        assert (a - b).abs().max() <= 1e-4 * b.abs().max(), (act, channels)
-assert not conv_pool.fusable(nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), torch.device("cpu"))
-"""
 
 
 def test_fused_conv_blocks_equal_the_layers_they_replace():
-    under_triton_interpreter(FUSED_BLOCKS)
+    under_triton_interpreter("fused_blocks.py")
 
 
-COMPILE_AHEAD = """
-import torch
-from torch import nn
-from tune_mnist.kernels import conv_pool
-
-
-def signature(kernel, grid, args, kwargs):
-    return kernel, grid, [(a.dtype, a.shape) if isinstance(a, torch.Tensor) else a for a in args], kwargs
-
-
-x = torch.rand(2, 3, 1, 28, 28)
-params = [torch.rand(2, 4, 1, 3, 3), torch.rand(2, 4), torch.rand(2, 16, 4, 3, 3), torch.rand(2, 16)]
-acts = (conv_pool.ACTIVATIONS[nn.GELU], conv_pool.ACTIVATIONS[nn.ReLU])
-launched, launch = [], conv_pool._launch
-conv_pool._launch = lambda kernel, grid, *args, **kwargs: (launched.append(signature(kernel, grid, args, kwargs)),
-                                                          launch(kernel, grid, *args, **kwargs))
-h, saved = conv_pool.forward_blocks(x, acts, params)
-conv_pool.backward_blocks(saved, torch.ones_like(h), [w.shape for w in params[::2]])
-evaluation = len(launched)
-conv_pool.forward_blocks(x, acts, params, save=False)
-launched, launched_eval = launched[:evaluation], launched[evaluation:]
-conv_pool._launch = launch
-compiled = []
-for kernel in {k for k, *_ in launched}:
-    kernel.warmup = lambda *args, grid, _k=kernel, **kwargs: compiled.append(signature(_k, grid, args, kwargs))
-conv_pool._compile_ahead(x, acts, params, backward=True)
-# a forward and backward's every kernel, with the arguments that key Triton's compilation, and nothing launched
-assert len(launched) == 5 and sorted(map(repr, compiled)) == sorted(map(repr, launched)), (launched, compiled)
-compiled.clear()
-conv_pool._compile_ahead(x, acts, params, backward=False)  # evaluation: forwards that save nothing
-assert len(launched_eval) == 2 and sorted(map(repr, compiled)) == sorted(map(repr, launched_eval)), compiled
-assert sorted(map(repr, launched_eval)) != sorted(map(repr, launched[:2]))
-assert getattr(conv_pool._ahead, "pool", None) is None
-"""
 
 
 def test_kernels_compile_ahead_as_a_step_launches_them():
-    under_triton_interpreter(COMPILE_AHEAD)
+    under_triton_interpreter("compile_ahead.py")

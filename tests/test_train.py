@@ -102,18 +102,7 @@ def test_corruption_noise_is_uniform_at_rate_p_and_the_same_alone_or_in_a_popula
     assert keys([0.0, 0.0], [1, 2], 0, "cpu") is None
 
 
-CORRUPT_KERNEL = """
-import torch
-from tune_mnist import kernels, noise
-x = torch.rand(3, 7, 1, 28, 28)
-samples = torch.randint(0, 60000, (3, 40))[:, 5:12]   # a strided slice, as an epoch's order gives
-keys = noise.keys([0.0, 0.3, 1.0], [0, 5, 11], 2, "cpu")
-fused = noise.corrupt(x, keys, samples)
-kernels.available = lambda device: False  # what noise.corrupt asks before it takes the kernel
-plain = noise.corrupt(x, keys, samples)
-assert torch.equal(fused, plain) and not torch.equal(plain, x)
-"""
 
 
 def test_corruption_kernel_draws_the_same_bits_as_the_torch_ops():
-    under_triton_interpreter(CORRUPT_KERNEL)
+    under_triton_interpreter("corrupt_kernel.py")
