@@ -266,7 +266,8 @@ def summary(frame: pd.DataFrame, fitted: pd.DataFrame, doubled: pd.DataFrame | N
 
 def draw(ok: pd.DataFrame, fitted: pd.DataFrame, doubled: pd.DataFrame | None, out: Path) -> list[tuple[str, str]]:
     """The run's figures in `out`; (file, caption) of each."""
-    images = round(float((ok["n_train"] / ok["fraction"]).max()))
+    largest = ok.loc[ok["fraction"].idxmax()]  # the smaller fractions' counts are rounded
+    images = round(float(largest["n_train"] / largest["fraction"]))
     fraction_label = f"training-set fraction f (1 = {images:,} images)"
     width_label = "CNN width w (conv channels w, then 2w)"
     cells = ok.groupby(["width", "fraction"], as_index=False).agg(
