@@ -1,5 +1,0 @@
-import sys
-
-from tune_mnist.cli import main
-
-sys.exit(main())
