@@ -19,6 +19,12 @@ def mnist():
     return data.load()
 
 
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A module's results folder: its study runs land in it."""
+    return tmp_path_factory.mktemp("results")
+
+
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory):
     """One local Ray for all in-process study runs: the CLI joins it instead of starting its own.

@@ -13,11 +13,6 @@ from tune_mnist.studies import linear
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    return tmp_path_factory.mktemp("results")
-
-
-@pytest.fixture(scope="module")
 def linear_output(results, ray_session):
     """The run and its summary line."""
     printed = io.StringIO()

@@ -14,11 +14,6 @@ from tune_mnist.studies import scaling
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    return tmp_path_factory.mktemp("results")
-
-
-@pytest.fixture(scope="module")
 def scaling_run(results, ray_session):
     return run_study(results, "scaling")
 

@@ -10,11 +10,6 @@ from tune_mnist.files import read_table
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    return tmp_path_factory.mktemp("results")
-
-
-@pytest.fixture(scope="module")
 def transplant_run(results, ray_session):
     return run_study(results, "transplant")
 
