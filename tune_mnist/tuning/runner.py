@@ -32,6 +32,7 @@ FINISHED = ("TERMINATED", "ERROR")
 PENDING = "TUNE_MAX_PENDING_TRIALS_PG"  # read by Tune when an experiment starts
 STATES = ("state.pt", "search.pt")  # what a trial's checkpoint holds: a population's state, a random search's
 KEEP_CHECKPOINTS = 2  # the experiment state saved last can name the checkpoint before the newest: keep it
+LOST = "does not exist on storage anymore"  # Ray's error for a trial restored from a checkpoint it had removed
 
 
 class RayMessages(logging.Filter):
@@ -152,6 +153,12 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
     start, RayMessages.interrupted = time.time(), False
     with pending_trials(max(1, math.ceil(trial_slots(res))) if search_alg else None):
         grid = tuner.fit()
+        lost = [r for r in grid if r.error is not None and LOST in str(r.error)]
+        if lost and not RayMessages.interrupted:
+            print(f"[{name}] {len(lost)} trial(s) resumed from a checkpoint Ray had already removed (its experiment "
+                  "state, saved every few seconds, was older than the trial): they train again from the start",
+                  flush=True)
+            grid = tune.Tuner.restore(path, trainable=wrapped, resume_unfinished=True, restart_errored=True).fit()
     if RayMessages.interrupted and not stop_on_interrupt:
         # the trials that ended: a report marked done, or an error (the others were stopped mid-training)
         finished = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
