@@ -6,7 +6,7 @@ Four scenarios: budget's stage 1 (a depth grid), budget's stage 2 and 3 (Optuna 
 corruption (populations of runs) and random (resumable searches). Kills land anywhere: during Ray's start, a
 trial's epoch, its checkpoint, Optuna's journal, the final tables.
 
-    python benchmarks/kill_stress.py --kills 13          # per scenario: 52 kills, 20-30 min on 2 CPU cores
+    python benchmarks/kill_stress.py --kills 13          # per scenario: 52 kills, about 30 min on 2 CPU cores
 """
 
 import argparse
@@ -29,14 +29,14 @@ from tune_mnist.tuning.search import journal
 SMALL = ["--train-limit", "10000", "--eval-limit", "1000"]
 SCENARIOS = {  # name: (arguments, seconds within which a kill lands)
     "budget-grid": (["budget", "--P", "20000", "--max-depth", "8", "--seeds", "2", "--epochs", "4", "--trials", "0",
-                     *SMALL], 30),
+                     *SMALL], 14),
     "budget-optuna": (["budget", "--P", "20000", "--max-depth", "1", "--seeds", "1", "--trials", "12",
                        "--search-population", "3", "--epochs", "3", "--confirm-top", "1", "--confirm-seeds", "2",
-                       *SMALL], 40),
+                       *SMALL], 20),
     "corruption": (["corruption", "--families", "mlp", "--activations", "relu", "tanh", "--p", "0", "0.5", "1",
-                    "--repeats", "2", "--epochs", "2", "--population", "3", *SMALL], 30),
+                    "--repeats", "2", "--epochs", "2", "--population", "3", *SMALL], 20),
     "random": (["random", "--weight-scales", "1.0", "2.0", "--data-seeds", "0", "1", "--max-nets", "30720", "--nets-per-step", "1024",
-                "--n-val", "1000", "--n-test", "1000"], 25),
+                "--n-val", "1000", "--n-test", "1000"], 15),
 }
 
 
@@ -113,29 +113,31 @@ CHECKS = {"budget-grid": check_grid, "budget-optuna": check_optuna, "corruption"
 
 
 def stress(name: str, kills: int, results: Path, rng: random.Random, log) -> tuple[int, list[str]]:
-    """Kills the scenario's command `kills` times at random moments, resuming each time, then lets it finish."""
+    """Runs the scenario's command, killing it at random moments and resuming it, until it finishes; again, in a new
+    run folder, until `kills` kills; each finished run is checked."""
     argv, window = SCENARIOS[name]
-    run_dir = results / argv[0] / name
-    fresh = [sys.executable, "-m", "tune_mnist", *argv, "--results", str(results), "--name", name]
-    resume = [sys.executable, "-m", "tune_mnist", argv[0], "--resume", str(run_dir)]
-    killed = 0
-    while True:
-        command = resume if (run_dir / "run.json").is_file() else fresh
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        if killed < kills:
+    killed, problems, runs = 0, [], 0
+    while killed < kills:
+        run_dir = results / argv[0] / f"{name}-{runs}"
+        fresh = [sys.executable, "-m", "tune_mnist", *argv, "--results", str(results), "--name", run_dir.name]
+        resume = [sys.executable, "-m", "tune_mnist", argv[0], "--resume", str(run_dir)]
+        while True:
+            command = resume if (run_dir / "run.json").is_file() else fresh
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                proc.wait(timeout=rng.uniform(0.5, window))
+                proc.wait(timeout=rng.uniform(0.5, window) if killed < kills else 900)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 killed += 1
                 continue
-        else:
-            proc.wait(timeout=900)
-        if proc.returncode == 0:
             break
-        return killed, [f"a resume exited {proc.returncode}"]
-    return killed, whole_files(run_dir) + CHECKS[name](run_dir)
+        runs += 1
+        if proc.returncode:
+            problems.append(f"{run_dir.name}: a resume exited {proc.returncode}")
+        else:
+            problems += [f"{run_dir.name}: {p}" for p in whole_files(run_dir) + CHECKS[name](run_dir)]
+    return killed, problems
 
 
 def main() -> None:

@@ -130,7 +130,7 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
     wrapped = tune.with_resources(tune.with_parameters(trainable, data=data),
                                   {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     path = storage.join(res.storage or str(run_dir), "tune", name)
-    if tune.Tuner.can_restore(path):
+    if restorable(path):
         tuner = tune.Tuner.restore(path, trainable=wrapped, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
@@ -167,6 +167,18 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
         raise Interrupted(f"{name}: {len(finished)} of {len(grid)} trials finished")
     print(f"[{name}] {len(grid)} trials in {time.time() - start:.1f} s", flush=True)
     return grid
+
+
+def restorable(path: str) -> bool:
+    """Whether Ray saved this experiment's state: a kill before its first save leaves only the Tuner, from which
+    Ray restores nothing, so the experiment starts again."""
+    if not tune.Tuner.can_restore(path):
+        return False
+    fs, root = storage.resolve(path)
+    saved = [i for i in fs.get_file_info(pafs.FileSelector(root)) if i.base_name.startswith("experiment_state-")]
+    if not saved:
+        fs.delete_dir(root)
+    return bool(saved)
 
 
 def check_checkpoints(location: str) -> None:
