@@ -1,6 +1,7 @@
 """A real two-node Ray cluster started with the `ray` CLI on this machine, with logical GPUs."""
 
 import contextlib
+import itertools
 import os
 import socket
 import subprocess
@@ -89,12 +90,15 @@ def test_trials_spread_over_every_gpu_of_a_host_and_the_estimate_counts_them(tmp
     with cluster("--num-cpus", "2", "--num-gpus", "4") as port:
         done = subprocess.run(
             [sys.executable, "-m", "tune_mnist", "corruption", "--smoke", "--address", f"127.0.0.1:{port}",
-             "--gpus-per-trial", "1", "--cpus-per-trial", "0.25", "--population", "2", "--results", str(tmp_path),
-             "--name", "g"], env=ENV, capture_output=True, text=True, timeout=600)
+             "--gpus-per-trial", "1", "--cpus-per-trial", "0.25", "--population", "2", "--families", "cnn", "--repeats", "4",
+             "--results", str(tmp_path), "--name", "g"], env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "populations of 2), 4 at once" in done.stdout
     runs = read_table(tmp_path / "corruption" / "g" / "results_per_run.csv")
     trials = runs.groupby("trial_id").agg(gpu=("cuda_visible_devices", "first"), start=("started_at", "min"),
                                           end=("reported_at", "max"))
-    assert len(trials) == 4 and sorted(trials["gpu"].astype(str)) == ["0", "1", "2", "3"], trials
-    assert max_overlap(list(zip(trials["start"], trials["end"]))) == 4, "all four at once, a GPU each"
+    spans = list(zip(trials["start"], trials["end"], trials["gpu"].astype(str)))
+    assert len(trials) == 4 and {gpu for *_, gpu in spans} <= {"0", "1", "2", "3"}, trials
+    clashes = [(a, b) for a, b in itertools.combinations(spans, 2) if a[0] < b[1] and b[0] < a[1] and a[2] == b[2]]
+    assert not clashes, f"trials running at once share a GPU: {clashes}"
+    assert max_overlap([span[:2] for span in spans]) == 4, f"all four at once, a GPU each: {trials}"
