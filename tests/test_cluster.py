@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 from tune_mnist.files import read_table
 
@@ -44,15 +45,27 @@ def cluster(*head_args: str):
         subprocess.run(["pkill", "-9", "-f", f"ray.util.client.server --address=[^ ]*:{port} "], check=False)
 
 
+def wait_for_nodes(port: int, count: int) -> None:
+    """Until the GCS lists `count` live nodes: a node that joins late would leave every trial on the head."""
+    for _ in range(60):
+        status = subprocess.run([*RAY, "status", "--address", f"127.0.0.1:{port}"], env=ENV, capture_output=True,
+                                text=True, timeout=60).stdout
+        if status.split("Pending:")[0].count(" node_") == count:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the cluster never showed {count} nodes: {status}")
+
+
 def test_study_runs_on_both_nodes_four_trials_on_two_logical_gpus_into_shared_storage(tmp_path):
     """With GPUs in the cluster and no --gpus-per-trial, each trial takes the default share, half a GPU."""
     with cluster("--num-cpus", "1", "--num-gpus", "1") as port:
         subprocess.run([*RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--num-gpus", "1"],
                        env=ENV, check=True, capture_output=True, timeout=180)
+        wait_for_nodes(port, 2)
         done = subprocess.run(
             [sys.executable, "-m", "tune_mnist", "budget", "--address", f"127.0.0.1:{port}",
              "--cpus-per-trial", "0.25", "--P", "20000", "--trials", "0",  # GPU share: the default, 0.5
-             "--max-depth", "32", "--seeds", "1", "--epochs", "3", "--train-limit", "8000", "--eval-limit", "1000",
+             "--max-depth", "32", "--seeds", "1", "--epochs", "12", "--train-limit", "8000", "--eval-limit", "1000",
              "--results", str(tmp_path), "--name", "c", "--storage", f"file://{tmp_path}/shared"],
             env=ENV, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -67,8 +80,8 @@ def test_study_runs_on_both_nodes_four_trials_on_two_logical_gpus_into_shared_st
     assert len(trials) == 11 and trials["error"].eq("").all()
     assert trials["node_id"].nunique() == 2, "trials ran on both nodes"
     assert trials["cuda_visible_devices"].astype(str).eq("0").all(), "each trial saw the one logical GPU of its node"
-    # half a GPU each: more trials at once than the two GPUs, never more than four (all four at once depends on
-    # how the short trials' starts fall, and once came to three)
+    # half a GPU each: more trials at once than the two GPUs, never more than four (12 epochs, so that trials of a
+    # second or less do not finish before the next starts and leave the worker idle)
     assert max_overlap(list(zip(trials["started_at"], trials["reported_at"]))) in (3, 4), "four at most, two a GPU"
 
 
