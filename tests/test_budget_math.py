@@ -58,9 +58,9 @@ def test_fit_widths_within_one_percent(shape, P):
 
 def test_feasible_depths_skip_the_single_layer_gap():
     # one hidden layer moves in steps of 795 parameters: 4,780 and 5,575 both miss 5,000 by more than 1%
-    assert closed_form.feasible_depths(5_000, 6) == [2, 3, 4, 5, 6]
-    assert closed_form.feasible_depths(100_000, 6) == [1, 2, 3, 4, 5, 6]
-    assert closed_form.feasible_depths(805, 6) == [1]
+    assert closed_form.feasible_depths(5_000, 6) == (2, 3, 4, 5, 6)
+    assert closed_form.feasible_depths(100_000, 6) == (1, 2, 3, 4, 5, 6)
+    assert closed_form.feasible_depths(805, 6) == (1,)
     with pytest.raises(ValueError):
         closed_form.fit_widths([1.0], 5_000)
 

@@ -8,6 +8,7 @@ k_max(P) = floor((P - 803) / 2) and the smallest budget is Parameters(1, 1) = 80
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -85,7 +86,8 @@ def fit_widths(relative: Sequence[float], P: int) -> list[int]:
     return widths
 
 
-def feasible_depths(P: int, largest: int) -> list[int]:
+@functools.cache  # every Optuna trial of the budget search asks, and each call bisects once per depth
+def feasible_depths(P: int, largest: int) -> tuple[int, ...]:
     """Depths at which some uniform-ish net lands within 1% of P (one hidden layer moves in steps of 795)."""
     ks = []
     for k in range(1, min(largest, k_max(P)) + 1):
@@ -94,7 +96,7 @@ def feasible_depths(P: int, largest: int) -> list[int]:
             ks.append(k)
         except ValueError:
             pass
-    return ks
+    return tuple(ks)
 
 
 def format_widths(widths: Sequence[int]) -> str:
