@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -113,17 +114,24 @@ def panels(path: Path, frame: pd.DataFrame, panel: str, x: str, y: str, *, yerr:
 
 
 def heatmaps(path: Path, frame: pd.DataFrame, row: str, col: str, values: Sequence[str], *, title: str) -> None:
-    """A heatmap of the mean of each value over (row, col) cells, one panel per value."""
-    fig, axes = _pyplot().subplots(1, len(values), figsize=(5 * len(values), 4.5), squeeze=False)
+    """A heatmap of the mean of each value over (row, col) cells, one panel per value, two panels a row."""
+    n_rows, n_cols = frame[row].nunique(), frame[col].nunique()
+    across = min(len(values), 2)
+    down = -(-len(values) // across)
+    # cells wide enough for their three-decimal numbers
+    fig, axes = _pyplot().subplots(down, across, squeeze=False, layout="constrained",
+                                   figsize=(across * max(5.0, 2.0 + 0.6 * n_cols), down * max(4.0, 1.5 + 0.4 * n_rows)))
     for ax, value in zip(axes.flat, values):
         table = frame.pivot_table(index=row, columns=col, values=value, aggfunc="mean").sort_index(ascending=False)
         im = ax.imshow(table.to_numpy(), aspect="auto", cmap="viridis")
-        ax.set_xticks(range(len(table.columns)), [f"{c:.3g}" for c in table.columns], rotation=45)
-        ax.set_yticks(range(len(table.index)), [f"{r:g}" for r in table.index])
+        ax.set_xticks(range(len(table.columns)), [tick(c) for c in table.columns], rotation=45)
+        ax.set_yticks(range(len(table.index)), [tick(r) for r in table.index])
         ax.set(xlabel=col, ylabel=row, title=value)
         for (i, j), v in np.ndenumerate(table.to_numpy()):
             ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="w")
         fig.colorbar(im, ax=ax)
+    for ax in list(axes.flat)[len(values):]:
+        ax.axis("off")
     fig.suptitle(title)
     save_figure(path, fig)
 
@@ -141,7 +149,7 @@ def fits(path: Path, points: pd.DataFrame, curves: pd.DataFrame, x: str, y: str,
     for key, part in points.groupby(group, sort=True):
         part = part.sort_values(x)
         ax.errorbar(part[x], part[y], yerr=part[yerr] if yerr else None, fmt="o", capsize=3, color=colours[key],
-                    label=f"{name or group} = {key:g}")
+                    label=f"{name or group} = {tick(key)}")
     styles = {fit: ["-", "--", ":", "-."][i % 4] for i, fit in enumerate(curves["fit"].unique())}
     for (fit, key), part in curves.groupby(["fit", group], sort=False):
         part = part.sort_values(x)
@@ -150,12 +158,19 @@ def fits(path: Path, points: pd.DataFrame, curves: pd.DataFrame, x: str, y: str,
         ax.plot([], [], style, color="0.3", label=fit)  # one legend entry per line style
     _log_axes(ax, logx, logy)
     measured = sorted(points[x].unique())
-    ax.set_xticks(measured, [f"{v:g}" for v in measured])  # ticks where there are points
+    ax.set_xticks(measured, [tick(v) for v in measured])  # ticks where there are points
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3, which="both")
     fig.suptitle(title)
     fig.legend(loc="outside lower center", ncols=4, fontsize=8)  # below the axes: clear of title and data
     save_figure(path, fig)
+
+
+def tick(value: float) -> str:
+    """A number as a short label: 2^-j from 1/16 down as 1/16 ... 1/512 (0.00195312 beside 0.00390625 collide),
+    the rest as %g."""
+    j = -math.log2(value) if value > 0 else 0.0
+    return f"1/{2 ** round(j)}" if j >= 4 and abs(j - round(j)) < 1e-9 else f"{value:g}"
 
 
 def _log_axes(ax: "matplotlib.axes.Axes", logx: bool, logy: bool) -> None:  # noqa: F821
@@ -186,8 +201,8 @@ def choices(path: Path, frame: pd.DataFrame, row: str, col: str, value: str, *, 
                            layout="constrained")
     ax.imshow(codes, cmap=ListedColormap([f"C{i}" for i in range(len(names))]), vmin=-0.5,
               vmax=len(names) - 0.5, aspect="auto")
-    ax.set_xticks(range(len(table.columns)), [f"{c:g}" for c in table.columns], rotation=45)
-    ax.set_yticks(range(len(table.index)), [f"{r:g}" for r in table.index])
+    ax.set_xticks(range(len(table.columns)), [tick(c) for c in table.columns], rotation=45)
+    ax.set_yticks(range(len(table.index)), [tick(r) for r in table.index])
     for (i, j), category in np.ndenumerate(table.to_numpy()):
         ax.text(j, i, category, ha="center", va="center", fontsize=8, color="w")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
