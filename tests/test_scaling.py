@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conftest import run_notebook, run_study
-from tune_mnist import cli
+from tune_mnist import cli, plots
 from tune_mnist.files import read_table
 from tune_mnist.studies import scaling
 
@@ -97,3 +97,9 @@ def test_scaling_more_data_lowers_test_loss(scaling_run):
 
 def test_notebook_shows_the_run(tmp_path, scaling_run, monkeypatch):
     run_notebook("scaling", scaling_run, tmp_path / "figures", monkeypatch)
+
+
+def test_the_grid_fractions_label_as_short_distinct_ticks():
+    labels = [plots.tick(2.0 ** -j) for j in range(10)]
+    assert labels == ["1", "0.5", "0.25", "0.125", "1/16", "1/32", "1/64", "1/128", "1/256", "1/512"]
+    assert plots.tick(0.2) == "0.2" and plots.tick(67) == "67"
