@@ -26,16 +26,15 @@ import torch
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_mnist import data
+from tune_mnist import data, settings
 from tune_mnist.studies import budget
 from tune_mnist.tuning import cluster, runner, search
 
 DENSE_TF32 = {"H100": 494.7e12, "H200": 494.7e12}  # dense TF32 FLOP/s of the SXM parts (no sparsity)
 
 
-SPACE = {"optuna_max_depth": 6, "activations": ["tanh", "relu", "gelu", "sigmoid", "leaky_relu"],
-         "shapes": ["uniform", "decreasing", "increasing", "free"], "ratio": [0.3, 0.9], "lr_range": [1e-4, 1e-2],
-         "weight_decay_range": [1e-7, 1e-3]}  # the budget study's stage-2 space (search_spaces/budget.toml)
+# the budget study's stage-2 space, as its TOML sets it
+SPACE = budget.optuna_space(settings.Space(budget.Settings, "budget").settings(argparse.Namespace()))
 
 
 def shared(P: int, epochs: int) -> dict:

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import optuna
 
+from tune_mnist import settings
 from tune_mnist.studies import budget
 from tune_mnist.tuning import search
 
-SPACE = {"optuna_max_depth": 6, "activations": ["tanh", "relu", "gelu", "sigmoid", "leaky_relu"],
-         "shapes": ["uniform", "decreasing", "increasing", "free"], "ratio": [0.3, 0.9], "lr_range": [1e-4, 1e-2],
-         "weight_decay_range": [1e-7, 1e-3]}  # the budget study's stage-2 space (search_spaces/budget.toml)
+# the budget study's stage-2 space, as its TOML sets it
+SPACE = budget.optuna_space(settings.Space(budget.Settings, "budget").settings(argparse.Namespace()))
 
 
 def loss(member: dict, epoch: int, rng: random.Random) -> float:
@@ -35,7 +35,7 @@ def loss(member: dict, epoch: int, rng: random.Random) -> float:
 
 
 def populations(P: int, trials: int, size: int, epochs: int, folder: Path) -> float:
-    """PopulationSearch as Ray Tune drives it: suggest, a result a epoch, complete."""
+    """PopulationSearch as Ray Tune drives it: suggest, a result an epoch, complete."""
     searcher = search.PopulationSearch(functools.partial(budget.define_space, P=P, space=SPACE),
                                        functools.partial(budget.define_population, P=P, space=SPACE),
                                        n_trials=trials, size=size, journal_path=folder / "populations.journal",

@@ -150,6 +150,12 @@ def grid(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.Resources
 # ----------------------------------------------------------------------------------------------------------------
 # Stage 2: Optuna, a population of trials at a time
 
+def optuna_space(s: Settings) -> dict[str, Any]:
+    """The settings that bound what Optuna may choose: what `define_space` reads."""
+    return {k: getattr(s, k) for k in ("optuna_max_depth", "activations", "shapes", "ratio", "lr_range",
+                                       "weight_decay_range")}
+
+
 def define_population(trial: optuna.Trial, P: int, space: dict[str, Any]) -> dict[str, Any]:
     """What a population's members share: depth and activation (the populations' study samples them)."""
     depths = closed_form.feasible_depths(P, space["optuna_max_depth"])
@@ -174,8 +180,7 @@ def define_space(trial: optuna.Trial, P: int, space: dict[str, Any]) -> dict[str
 
 
 def optuna_stage(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.Resources) -> pd.DataFrame:
-    space = {k: getattr(s, k) for k in ("optuna_max_depth", "activations", "shapes", "ratio", "lr_range",
-                                        "weight_decay_range")}
+    space = optuna_space(s)
     search.JOURNALS[study_name(P)] = run_dir / "optuna.journal"
     searcher = search.PopulationSearch(functools.partial(define_space, P=P, space=space),
                                        functools.partial(define_population, P=P, space=space), n_trials=s.trials, size=s.search_population,
