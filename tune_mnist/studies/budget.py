@@ -183,9 +183,9 @@ def optuna_stage(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.R
     space = optuna_space(s)
     search.JOURNALS[study_name(P)] = run_dir / "optuna.journal"
     searcher = search.PopulationSearch(functools.partial(define_space, P=P, space=space),
-                                       functools.partial(define_population, P=P, space=space), n_trials=s.trials, size=s.search_population,
-                                       journal_path=run_dir / "optuna.journal", study_name=study_name(P),
-                                       shared=shared(s, P, "optuna"))
+                                       functools.partial(define_population, P=P, space=space), n_trials=s.trials,
+                                       size=s.search_population, journal_path=run_dir / "optuna.journal",
+                                       study_name=study_name(P), shared=shared(s, P, "optuna"))
     grid = runner.run(trainable, run_dir, f"P{P}-optuna", res, data, num_samples=s.trials, search_alg=searcher,
                       shown=["k", "activation", "population"], total=math.ceil(s.trials / s.search_population),
                       callbacks=[runner.MemberTensorboard(run_dir / "tensorboard" / f"P{P}-optuna")])
