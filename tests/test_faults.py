@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from tune_mnist import cli
 from tune_mnist.files import atomic_write, read_table
+from tune_mnist.tuning import runner
 from tune_mnist.tuning.search import PopulationSearch, journal
 
 from conftest import cli as run_cli
@@ -156,6 +158,21 @@ def test_searcher_hands_out_again_what_optuna_asked_after_rays_last_snapshot(tmp
     of = {2: 1, 3: 1, 4: 2, 5: 3}
     assert {m["number"]: m["k"] for m in handed} == {n: populations[p].params["k"] for n, p in of.items()}, \
         "members share their population's depth"
+
+
+def test_an_experiment_whose_ray_state_was_cut_short_starts_again(tmp_path, capsys):
+    """A kill while Ray copied its state to storage left its search state empty (seen in a resume from --storage):
+    Ray's own restore would fail and start one trial without the search space, so the experiment starts again."""
+    folder = tmp_path / "P20000-grid"
+    folder.mkdir()
+    (folder / "tuner.pkl").write_bytes(pickle.dumps({}))
+    (folder / "experiment_state-2026-12-06_07-52-53.json").write_text(json.dumps({"trial_data": [], "stats": {}}))
+    (folder / "basic-variant-state-2026-12-06_07-52-49.json").write_bytes(pickle.dumps({"older": True}))
+    (folder / "basic-variant-state-2026-12-06_07-52-53.json").write_bytes(pickle.dumps({"variants": [1, 2]}))
+    assert runner.restorable(str(folder)), "whole state files restore"
+    (folder / "basic-variant-state-2026-12-06_07-52-53.json").write_bytes(pickle.dumps({"variants": [1, 2]})[:-7])
+    assert not runner.restorable(str(folder)) and not folder.exists()
+    assert "basic-variant-state-2026-12-06_07-52-53.json is damaged" in capsys.readouterr().out
 
 
 def test_atomic_write_leaves_no_half_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -32,6 +33,8 @@ FINISHED = ("TERMINATED", "ERROR")
 PENDING = "TUNE_MAX_PENDING_TRIALS_PG"  # read by Tune when an experiment starts
 STATES = ("state.pt", "search.pt")  # what a trial's checkpoint holds: a population's state, a random search's
 KEEP_CHECKPOINTS = 2  # the experiment state saved last can name the checkpoint before the newest: keep it
+# Ray's state files, the experiment's first: a restore reads the newest of each
+RAY_STATES = ("experiment_state-", "basic-variant-state-", "search_gen_state-", "searcher-state-", "callback-states-")
 LOST = "does not exist on storage anymore"  # Ray's error for a trial restored from a checkpoint it had removed
 
 
@@ -131,7 +134,9 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
                                   {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     path = storage.join(res.storage or str(run_dir), "tune", name)
     if restorable(path):
-        tuner = tune.Tuner.restore(path, trainable=wrapped, resume_unfinished=True, resume_errored=True)
+        # the search space again: Ray keeps only its keys, and starts an experiment without it if its restore fails
+        tuner = tune.Tuner.restore(path, trainable=wrapped, param_space=param_space or {}, resume_unfinished=True,
+                                   resume_errored=True)
     else:
         tuner = tune.Tuner(
             wrapped,
@@ -158,7 +163,8 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
             print(f"[{name}] {len(lost)} trial(s) resumed from a checkpoint Ray had already removed (its experiment "
                   "state, saved every few seconds, was older than the trial): they train again from the start",
                   flush=True)
-            grid = tune.Tuner.restore(path, trainable=wrapped, resume_unfinished=True, restart_errored=True).fit()
+            grid = tune.Tuner.restore(path, trainable=wrapped, param_space=param_space or {}, resume_unfinished=True,
+                                      restart_errored=True).fit()
     if RayMessages.interrupted and not stop_on_interrupt:
         # the trials that ended: a report marked done, or an error (the others were stopped mid-training)
         finished = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
@@ -170,15 +176,39 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
 
 
 def restorable(path: str) -> bool:
-    """Whether Ray saved this experiment's state: a kill before its first save leaves only the Tuner, from which
-    Ray restores nothing, so the experiment starts again."""
+    """Whether Ray saved this experiment's state, whole. A kill before its first save leaves only the Tuner; a kill
+    while Ray copied its state to storage can leave a state file empty or cut short, from which Ray's restore fails
+    and it starts an experiment of one trial without the search space. Either way the experiment starts again."""
     if not tune.Tuner.can_restore(path):
         return False
     fs, root = storage.resolve(path)
-    saved = [i for i in fs.get_file_info(pafs.FileSelector(root)) if i.base_name.startswith("experiment_state-")]
-    if not saved:
+    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root)) if i.type == pafs.FileType.File]
+    saved = any(n.startswith(RAY_STATES[0]) for n in names)
+    damaged = damaged_state(fs, root, names) if saved else None
+    if damaged:
+        print(f"[{Path(root).name}] Ray's saved state {damaged} is damaged (the run was killed while it was "
+              "written): this experiment trains again from the start", flush=True)
+    if not saved or damaged:
         fs.delete_dir(root)
-    return bool(saved)
+    return saved and not damaged
+
+
+def damaged_state(fs: pafs.FileSystem, root: str, names: list[str]) -> str | None:
+    """The first of Ray's newest state files (the ones a restore reads) that is empty or cut short: the experiment
+    state must parse as JSON, the others are pickles, which end with the STOP opcode."""
+    for prefix in RAY_STATES:
+        found = sorted(n for n in names if n.startswith(prefix))
+        if not found:
+            continue
+        with fs.open_input_file(f"{root}/{found[-1]}") as f:
+            data = f.read()
+        try:
+            whole = bool(json.loads(data)) if prefix == RAY_STATES[0] else data.endswith(b".")
+        except ValueError:
+            whole = False
+        if not whole:
+            return found[-1]
+    return None
 
 
 def check_checkpoints(location: str) -> None:
