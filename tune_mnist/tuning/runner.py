@@ -133,10 +133,14 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
     wrapped = tune.with_resources(tune.with_parameters(trainable, data=data),
                                   {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     path = storage.join(res.storage or str(run_dir), "tune", name)
-    if restorable(path):
+
+    def restore(**errored: bool) -> tune.Tuner:
         # the search space again: Ray keeps only its keys, and starts an experiment without it if its restore fails
-        tuner = tune.Tuner.restore(path, trainable=wrapped, param_space=param_space or {}, resume_unfinished=True,
-                                   resume_errored=True)
+        return tune.Tuner.restore(path, trainable=wrapped, param_space=param_space or {}, resume_unfinished=True,
+                                  **errored)
+
+    if restorable(path):
+        tuner = restore(resume_errored=True)
     else:
         tuner = tune.Tuner(
             wrapped,
@@ -163,8 +167,7 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
             print(f"[{name}] {len(lost)} trial(s) resumed from a checkpoint Ray had already removed (its experiment "
                   "state, saved every few seconds, was older than the trial): they train again from the start",
                   flush=True)
-            grid = tune.Tuner.restore(path, trainable=wrapped, param_space=param_space or {}, resume_unfinished=True,
-                                      restart_errored=True).fit()
+            grid = restore(restart_errored=True).fit()
     if RayMessages.interrupted and not stop_on_interrupt:
         # the trials that ended: a report marked done, or an error (the others were stopped mid-training)
         finished = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
