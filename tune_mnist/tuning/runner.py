@@ -19,6 +19,7 @@ from ray import tune
 from tune_mnist import files, storage
 from tune_mnist.data import Mnist
 from tune_mnist.errors import UserError
+from tune_mnist.tuning import members as report_format
 from tune_mnist.tuning.cluster import Resources, trial_slots
 from tune_mnist.tuning.tensorboard import MemberTensorboard, TrialTensorboard
 
@@ -82,7 +83,7 @@ class Progress(tune.Callback):
         result, members = trial.last_result or {}, trial.config.get("members", [])
         lone = members[0] if len(members) == 1 else {}  # a population of one: its keys are its trial's
         keys = " ".join(f"{k}={shorten(result.get(k, trial.config.get(k, lone.get(k))))}" for k in self.shown)
-        stopped = sum(1 for k, v in result.items() if k.endswith("/stopped_early") and v)
+        stopped = sum(1 for m in report_format.decode(result).values() if m.get("stopped_early"))
         early = f", {stopped} of {len(members)} members stopped early" if stopped else ""
         print(f"[{self.label}] {self.counts(trials, trial)} done  {keys}  {self.metric}={result.get(self.metric, float('nan')):.4f}"
               f"  ({result.get('time_total_s', 0):.1f}s{early})", flush=True)
@@ -257,10 +258,10 @@ def member_rows(frame: pd.DataFrame) -> pd.DataFrame:
     none for a member that stopped early or diverged, whose weights went with it)."""
     out = []
     for row in frame.to_dict("records"):
-        shared = {k: v for k, v in row.items() if not (k.startswith("m") and "/" in k) and k != "members"}
+        shared = {k: v for k, v in report_format.shared(row).items() if k != "members"}
+        reported = report_format.decode(row)
         for i, entry in enumerate(row["members"]):
-            member = {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith(f"m{i}/")}
-            member = {k: v for k, v in member.items() if not (isinstance(v, float) and pd.isna(v))}
+            member = {k: v for k, v in reported.get(i, {}).items() if not (isinstance(v, float) and pd.isna(v))}
             error = member.pop("error", "") or shared["error"]
             stopped = int(member.pop("stopped_early", 0) or 0)
             weights = shared["checkpoint"] if shared["checkpoint"] and not error and not stopped else ""

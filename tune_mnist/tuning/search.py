@@ -23,6 +23,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from tune_mnist.tuning import members
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would drown the progress lines
 
 # Where this command keeps each study's journal: the searcher was pickled with its run folder's path, and a resumed
@@ -119,16 +121,18 @@ class PopulationSearch(Searcher):
             self._trials.pop((study.study_name, number))
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        reported = members.decode(result)
         for i, number in enumerate(self.running.get(trial_id, (0, []))[1]):
-            if f"m{i}/{self.metric}" not in result:
+            member = reported.get(i, {})
+            if self.metric not in member:
                 continue
-            trial, step = self.trial(self.study, number), int(result[f"m{i}/epoch"])
+            trial, step = self.trial(self.study, number), int(member["epoch"])
             # a resumed trial reports its last epoch again, which Optuna already has
             if trial is not None and step not in trial._cached_frozen_trial.intermediate_values:
-                trial.report(result[f"m{i}/{self.metric}"], step)
-            if result.get(f"m{i}/stopped_early"):
+                trial.report(member[self.metric], step)
+            if member.get("stopped_early"):
                 self.tell(self.study, number, TrialState.PRUNED)
-            elif f"m{i}/error" in result:
+            elif "error" in member:
                 self.tell(self.study, number, TrialState.FAIL)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
@@ -136,10 +140,11 @@ class PopulationSearch(Searcher):
         if not error:
             self.on_trial_result(trial_id, result)
         group, numbers = self.running.pop(trial_id, (None, []))
-        values = []
+        values, reported = [], members.decode(result)
         for i, number in enumerate(numbers):
-            value = result.get(f"m{i}/{self.metric}")
-            finished = not error and value is not None and not result.get(f"m{i}/stopped_early")
+            member = reported.get(i, {})
+            value = member.get(self.metric)
+            finished = not error and value is not None and not member.get("stopped_early")
             values += [value] if finished else []
             self.tell(self.study, number, TrialState.COMPLETE if finished else TrialState.FAIL, value)
         if group is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,14 +11,13 @@ from typing import Any
 from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 
-MEMBER_METRIC = re.compile(r"m\d+/")  # a population member's metric in a trial's report, e.g. "m3/test_acc"
-
+from tune_mnist.tuning import members
 
 class TrialTensorboard(TBXLoggerCallback):
     """Ray's TensorBoard logger, less the members' own metrics: each member gets a run of its own."""
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
-        super().log_trial_result(iteration, trial, {k: v for k, v in result.items() if not MEMBER_METRIC.match(k)})
+        super().log_trial_result(iteration, trial, members.shared(result))
 
 
 class MemberTensorboard(tune.Callback):
@@ -62,15 +60,14 @@ def write_member_runs(result_file: Path, folder: Path) -> None:
     from tensorboardX import SummaryWriter
     from tensorboardX.proto.summary_pb2 import Summary
 
-    per_member: dict[str, dict[int, list]] = {}
+    per_member: dict[int, dict[int, dict[str, float]]] = {}
     for report in reports(result_file):
-        for key, value in report.items():
-            if MEMBER_METRIC.match(key) and isinstance(value, float):
-                member, metric = key.split("/", 1)
-                step = int(report[f"{member}/epoch"])
-                per_member.setdefault(member, {}).setdefault(step, {})[metric] = value
+        for member, metrics in members.decode(report).items():
+            values = {k: v for k, v in metrics.items() if isinstance(v, float)}
+            if values:
+                per_member.setdefault(member, {}).setdefault(int(metrics["epoch"]), {}).update(values)
     for member, steps in per_member.items():
-        run = folder / member
+        run = folder / f"m{member}"
         shutil.rmtree(run, ignore_errors=True)
         with SummaryWriter(str(run)) as writer:
             for step, values in sorted(steps.items()):

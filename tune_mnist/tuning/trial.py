@@ -2,10 +2,10 @@
 
 A trial's config holds "members", one entry per member (the keys that set it apart: seed, p, lr, widths, ...);
 the study turns the config into Members and a TrainConfig and calls `train`. After each evaluated epoch the trial
-reports every member's metrics as "m<i>/<key>" (i: the member's entry in config["members"]) and their means for
+reports every member's metrics (in the format of tuning/members.py) and their means for
 Tune's metric, with a checkpoint of the whole population (stacked weights, optimizer, which members go on), so a
 killed trial resumes at its last epoch. A member that stops early (successive halving, divergence) reports
-"m<i>/stopped_early" or "m<i>/error" once; the last report repeats every member's last metrics, so the trial's
+stopped_early or error once; the last report repeats every member's last metrics, so the trial's
 final result holds them all.
 """
 
@@ -24,7 +24,7 @@ from tune_mnist import models
 from tune_mnist.data import DeviceSplit, Mnist, to_device
 from tune_mnist.population import Member, Population
 from tune_mnist.train import TrainConfig, Trainer
-from tune_mnist.tuning import cluster
+from tune_mnist.tuning import cluster, members as report_format
 
 STATE = "state.pt"
 # (epoch, members' metrics) -> the positions of the members that train on
@@ -74,9 +74,7 @@ def train(data: Mnist, members: Sequence[Member], cfg: TrainConfig, extra: dict[
         if last and finish:
             for m, more in zip(metrics, finish(pop, initial, splits)):
                 m.update(more)
-        report = {f"m{ids[r]}/{k}": v for r, m in enumerate(metrics) for k, v in m.items()}
-        if last:
-            report.update({f"m{i}/{k}": v for i, m in stopped.items() for k, v in m.items()})
+        report = report_format.encode({**(stopped if last else {}), **{ids[r]: m for r, m in enumerate(metrics)}})
         going = [metrics[r] for r in keep] or metrics
         means = {k: sum(m[k] for m in going) / len(going) for k, v in going[0].items() if isinstance(v, (int, float))}
         trainer.keep(keep)
