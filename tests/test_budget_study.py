@@ -17,6 +17,8 @@ from conftest import run_notebook
 from tune_mnist import cli, closed_form, data, models
 from tune_mnist.tuning.search import journal
 
+pytestmark = pytest.mark.slow  # real Ray runs of a whole study: the full suite only
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, ray_session):

@@ -8,7 +8,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tune_mnist.files import read_table
+
+pytestmark = pytest.mark.slow  # real `ray start` clusters: the full suite only
 
 
 def free_port() -> int:

@@ -16,6 +16,7 @@ def corruption_run(results, ray_session):
     return run_study(results, "corruption")
 
 
+@pytest.mark.slow
 def test_corruption_p1_is_chance_and_p0_learns(corruption_run):
     per_run = read_table(corruption_run / "results_per_run.csv")
     assert len(per_run) == 2 * 1 * 2 * 2 and per_run["error"].eq("").all()  # families x acts x p x repeats
@@ -47,6 +48,7 @@ def test_corruption_estimate_times_populations_with_the_trials_settings():
     assert corruption.training(s).optimizer == "sgd" and corruption.training(s).batch_size == 64
 
 
+@pytest.mark.slow
 def test_corruption_population_equals_separate_trials(corruption_run, results, capsys):
     """--population 4: each trial trains 4 (p, seed) runs stacked; every run matches its separate trial."""
     started = time.time()
@@ -85,6 +87,7 @@ def test_corruption_population_equals_separate_trials(corruption_run, results, c
     assert member.Scalars("test_acc")[-1].value == pytest.approx(row["test_acc"].item())
 
 
+@pytest.mark.slow
 def test_corruption_robustness_per_repeat_with_intervals(corruption_run):
     """With p in {0, 1}, each repeat's threshold p is where its line from (0, a0) to (1, a1) falls to 90% of a0,
     inside (0, 1), and its area is the line's mean, (a0 + a1) / 2; robustness.csv averages them over repeats."""
@@ -108,6 +111,7 @@ def test_corruption_robustness_per_repeat_with_intervals(corruption_run):
     assert (corruption_run / "robustness.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_corruption_ranking_and_report_answer_per_family(corruption_run):
     ranked = read_table(corruption_run / "ranking.csv")
     robust = read_table(corruption_run / "robustness.csv").set_index(["family", "activation"])
@@ -147,5 +151,6 @@ def test_corruption_answer_names_the_ties_and_the_beaten():
     assert "Tied with it: tanh; below it beyond noise: sigmoid (Welch t-tests" in text
 
 
+@pytest.mark.slow
 def test_notebook_shows_the_run(tmp_path, corruption_run, monkeypatch):
     run_notebook("corruption", corruption_run, tmp_path / "figures", monkeypatch)

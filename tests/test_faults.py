@@ -37,6 +37,7 @@ def start_and_kill(args: list[str], marker: str, count: int) -> list[str]:
     return seen
 
 
+@pytest.mark.slow
 def test_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_session, capsys):
     argv = ["linear", "--smoke", "--step-sizes", "1e38", "0.3", "--epoch-counts", "100", "--results", str(tmp_path), "--name", "nan"]
     assert cli.main(argv) == 0
@@ -48,6 +49,7 @@ def test_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_session
     assert trials[trials["lr"] == 0.3]["test_acc"].iloc[0] > 0.8  # the healthy trial finished
 
 
+@pytest.mark.slow
 def test_killed_optuna_search_resumes_with_its_history_and_no_member_twice(tmp_path):
     """SIGKILL mid-stage-2 (populations of 2 Optuna trials): the resumed search keeps what Optuna was told and
     trains every one of the 8 trials exactly once."""
@@ -78,6 +80,7 @@ def load(run_dir) -> optuna.Study:
     return optuna.load_study(study_name="budget-P20000", storage=journal(run_dir / "optuna.journal"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_failures", [0, 1])
 def test_max_failures_retries_a_trial_whose_worker_died(tmp_path, max_failures):
     """SIGKILL a trial's worker mid-training: with retries it resumes from its checkpoint, else it fails."""
@@ -207,6 +210,7 @@ with open(sys.argv[1], "wb") as f:
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_in_seconds_and_a_resume_refuses_code_and_retrains_a_damaged_checkpoint(tmp_path):
     """SIGINT to the whole process group, as Ctrl-C in a terminal sends it: the command stops within seconds, says
     how to continue and saves what finished. A checkpoint that would run code is then refused; a truncated one

@@ -54,7 +54,8 @@ def test_linear_report_states_the_plateau_and_whether_the_init_matters(linear_ou
     assert sorted(init["init_scale"]) == [0.0, 1.0] and (init["seeds"] == 2).all()
     for name in ("test_loss", "test_acc"):
         assert (init[f"{name}_low"] <= init[name]).all() and (init[name] <= init[f"{name}_high"]).all()
-        assert (init[f"{name}_high"] > init[f"{name}_low"]).any()  # init scale 1's seeds differ: a real interval
+    # init scale 1's seeds start apart, so their losses differ (their accuracies on 1,000 images may tie)
+    assert (init["test_loss_high"] > init["test_loss_low"]).any()
     assert init["test_loss"].is_monotonic_increasing and not init["beaten"].iloc[0]
     verdict = "yes" if init["beaten"].any() else "no"
     assert f"best_lr={lr} plateau_epoch={epoch} init_matters={verdict}" in line
@@ -73,11 +74,13 @@ def budget_run(results, linear_run):
                      "--linear-run", str(linear_run))
 
 
+@pytest.mark.slow
 def test_budget_draws_the_linear_run_as_reference(budget_run, linear_run):
     meta = json.loads((budget_run / "run.json").read_text())
     assert meta["settings"]["linear_run"] == str(linear_run)
     assert (budget_run / "loss_vs_k.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_notebook_shows_the_run(tmp_path, linear_run, monkeypatch):
     run_notebook("linear", linear_run, tmp_path / "figures", monkeypatch)

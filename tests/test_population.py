@@ -15,7 +15,7 @@ def separately(members, splits, cfg):
 
 @pytest.mark.parametrize("spec", [
     {"family": "mlp", "widths": [64, 32], "activation": "tanh"},
-    {"family": "cnn", "channels": [8, 16], "hidden": 32, "activation": "relu"},
+    pytest.param({"family": "cnn", "channels": [8, 16], "hidden": 32, "activation": "relu"}, marks=pytest.mark.slow),
 ])
 def test_members_equal_separate_runs(spec, mnist):
     splits = data.to_device(data.subset(mnist, 2000, 500), "cpu")
@@ -131,6 +131,7 @@ def test_kernels_asked_for_again_are_waited_for_and_mlps_share_theirs(mnist):
 
 
 
+@pytest.mark.slow
 def test_adam_kernels_update_weights_as_the_torch_ops():
     """The dense weights' Adam fused into their gradient's product, and every other parameter's Adam kernel, under
     Triton's interpreter: 12 steps of 2 members of different widths, lr and weight decay end where torch's ops do."""
@@ -139,11 +140,13 @@ def test_adam_kernels_update_weights_as_the_torch_ops():
 
 
 
+@pytest.mark.slow
 def test_fused_conv_blocks_equal_the_layers_they_replace():
     under_triton_interpreter("fused_blocks.py")
 
 
 
 
+@pytest.mark.slow
 def test_kernels_compile_ahead_as_a_step_launches_them():
     under_triton_interpreter("compile_ahead.py")

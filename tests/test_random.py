@@ -85,6 +85,7 @@ def random_run(tmp_path_factory, ray_session):
 TAGS = ["w1_b0.5_t0.2_d0", "w1_b0.5_t0.2_d1", "w2_b0.5_t0.2_d0", "w2_b0.5_t0.2_d1"]
 
 
+@pytest.mark.slow
 def test_random_study_end_to_end(random_run, mnist):
     folders = sorted((random_run / "searches").iterdir())
     assert [f.name for f in folders] == TAGS
@@ -100,6 +101,7 @@ def test_random_study_end_to_end(random_run, mnist):
         assert kept["val"] == result["history"][-1]["val"]
 
 
+@pytest.mark.slow
 def test_data_seeds_screen_the_same_nets_on_disjoint_draws(random_run, mnist):
     searches = read_table(random_run / "searches.csv")
     assert searches[["weight_scale", "data_seed"]].values.tolist() == [[1, 0], [1, 1], [2, 0], [2, 1]]
@@ -115,6 +117,7 @@ def test_data_seeds_screen_the_same_nets_on_disjoint_draws(random_run, mnist):
     assert ones["pass_rate"].tolist() == [n / 1024 for n in passing]
 
 
+@pytest.mark.slow
 def test_draws_csv_has_each_settings_mean_and_interval_over_its_draws(random_run):
     searches, across = read_table(random_run / "searches.csv"), read_table(random_run / "draws.csv")
     assert across["weight_scale"].tolist() == [1, 2] and (across["draws"] == 2).all()
@@ -129,6 +132,7 @@ def test_draws_csv_has_each_settings_mean_and_interval_over_its_draws(random_run
         assert row.expected_best == pytest.approx(rs.expected_best(1024, 1000))
 
 
+@pytest.mark.slow
 def test_report_states_the_answer_and_shows_its_figures(random_run):
     text = (random_run / "REPORT.md").read_text()
     answer = text.split("## Answer")[1].split("##")[0]
@@ -158,6 +162,7 @@ def test_more_open_ended_searches_than_fit_at_once_are_rejected(tmp_path, capsys
     assert not list(tmp_path.glob("random/*/tune"))
 
 
+@pytest.mark.slow
 def test_notebook_shows_the_report_and_every_figure(random_run, tmp_path, monkeypatch):
     pytest.importorskip("nbformat"), pytest.importorskip("nbclient")
     run_notebook("random", random_run, tmp_path, monkeypatch)
@@ -167,5 +172,6 @@ def test_notebook_shows_the_report_and_every_figure(random_run, tmp_path, monkey
 
 
 
+@pytest.mark.slow
 def test_fused_screen_kernel_counts_and_decides_as_fp32():
     under_triton_interpreter("fused_screen.py")

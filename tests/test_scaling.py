@@ -32,6 +32,7 @@ def figure_links(run_dir):
     return re.findall(r"!\[[^]]*\]\(([^)]+)\)", (run_dir / "REPORT.md").read_text())
 
 
+@pytest.mark.slow
 def test_scaling_fits_say_loss_falls_with_data_and_where_data_wins(grid_run):
     run, line = grid_run
     fits = scaling.read_fits(run).set_index("fit")
@@ -59,6 +60,7 @@ def test_scaling_fits_say_loss_falls_with_data_and_where_data_wins(grid_run):
     assert all((run / link).stat().st_size > 10_000 for link in links)
 
 
+@pytest.mark.slow
 def test_scaling_report_says_the_grid_is_too_small_for_the_joint_law(scaling_run):
     fits = scaling.read_fits(scaling_run).set_index("fit")
     assert "needs at least 3 widths and 3 fractions" in fits.loc["joint", "reason"]
@@ -69,6 +71,7 @@ def test_scaling_report_says_the_grid_is_too_small_for_the_joint_law(scaling_run
     assert all((scaling_run / link).is_file() for link in figure_links(scaling_run))
 
 
+@pytest.mark.slow
 def test_scaling_population_of_seeds_equals_separate_trials(results, ray_session):
     """--population 2: the two seeds of each cell train stacked, each equal to its own trial."""
     together = run_study(results, "scaling", "--seeds", "2", "--population", "2", name="pop2")
@@ -85,6 +88,7 @@ def test_scaling_population_of_seeds_equals_separate_trials(results, ray_session
     assert len(list((together / "tensorboard").glob("trial_*/m*/events.out.tfevents*"))) == 8, "no run twice"
 
 
+@pytest.mark.slow
 def test_scaling_more_data_lowers_test_loss(scaling_run):
     frame = read_table(scaling_run / "results.csv")
     assert len(frame) == 4 and frame["error"].eq("").all()
@@ -95,6 +99,7 @@ def test_scaling_more_data_lowers_test_loss(scaling_run):
         assert (scaling_run / f"{name}.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_notebook_shows_the_run(tmp_path, scaling_run, monkeypatch):
     run_notebook("scaling", scaling_run, tmp_path / "figures", monkeypatch)
 

@@ -8,6 +8,8 @@ import torch
 from conftest import run_notebook, run_study
 from tune_mnist.files import read_table
 
+pytestmark = pytest.mark.slow  # real Ray runs of a whole study: the full suite only
+
 
 @pytest.fixture(scope="module")
 def transplant_run(results, ray_session):

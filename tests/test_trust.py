@@ -132,6 +132,7 @@ time.sleep(300)
 """
 
 
+@pytest.mark.slow
 def test_a_run_folder_in_use_is_refused_until_its_holder_dies(tmp_path):
     run_dir = tmp_path / "linear" / "r"
     args = cli.build_parser().parse_args(["linear", "--train-limit", "-5"])
