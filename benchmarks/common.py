@@ -5,7 +5,7 @@ import time
 import torch
 
 from tune_mnist import data
-from tune_mnist.train import use_tf32
+from tune_mnist.warmup import use_tf32
 
 
 def setup():

@@ -73,3 +73,13 @@ def run_notebook(study: str, run_dir: Path, figures: Path, monkeypatch) -> None:
     NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 1 and len(images) == len(list(figures.glob("*.png")))
+
+
+def fit(pop, splits, cfg):
+    """Trains every member to the end, letting diverged ones go; the last evaluated epoch's metrics."""
+    from tune_mnist.train import Trainer
+
+    trainer, metrics = Trainer(pop, splits, cfg), []
+    for metrics in trainer.epochs():
+        trainer.keep([r for r, m in enumerate(metrics) if "error" not in m])
+    return metrics

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from conftest import under_triton_interpreter
+from conftest import fit, under_triton_interpreter
 from tune_mnist import data, kernels, models
 from tune_mnist.population import Member, Population
-from tune_mnist.train import TrainConfig, Trainer, compile_ahead, fit, kernel_key, same_kernels
+from tune_mnist.train import TrainConfig, Trainer
+from tune_mnist.warmup import compile_ahead, kernel_key, same_kernels
 
 
 def separately(members, splits, cfg):

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from conftest import under_triton_interpreter
+from conftest import fit, under_triton_interpreter
 from tune_mnist import data, models
 from tune_mnist.optim import Optimizer
 from tune_mnist.population import Member, Population
-from tune_mnist.train import TrainConfig, Trainer, evaluate, fit
+from tune_mnist.train import TrainConfig, Trainer, evaluate
 
 
 def alone(spec, seed=0, **kw):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli as run_cli
+from conftest import cli as run_cli, fit
 from tune_mnist import cli, data, files, models, runs, settings
 from tune_mnist.studies import linear
 from tune_mnist.errors import UserError
 from tune_mnist.population import Member, Population
-from tune_mnist.train import TrainConfig, evaluate, fit
+from tune_mnist.train import TrainConfig, evaluate
 
 
 class Payload:

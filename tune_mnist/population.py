@@ -93,7 +93,6 @@ class Population:
             self.params[name] = stacked.requires_grad_()
         self.masks = self.unit_masks()
         self.fused_blocks = conv_pool.fusable_blocks([m for _, m in self.layers], self.device)
-        self.optimizer: Any = None  # train.make_optimizer's: its kernel updates dense weights in their backward
 
     def __len__(self) -> int:
         return len(self.members)
@@ -115,8 +114,9 @@ class Population:
             widths = [s[f"{name}.weight"][0] for s in self.shapes] if isinstance(layer, nn.Linear) else None
         return masks
 
-    def __call__(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
-        """(R, batch, 10) logits; x is (R, batch, ...) or, with shared=True, one (batch, ...) for all.
+    def __call__(self, x: torch.Tensor, shared: bool = False, optimizer: Any = None) -> torch.Tensor:
+        """(R, batch, 10) logits; x is (R, batch, ...) or, with shared=True, one (batch, ...) for all. A training
+        step passes its optimizer: where its kernel runs, the dense weights are updated in their own backward.
 
         Activations move through three layouts: "shared" (batch, ...), one input for every member;
         "channels" (batch, R*C, H, W), each member's conv channels side by side; "members" (R, batch, F).
@@ -143,7 +143,6 @@ class Population:
                 else:
                     h = h.flatten(2 if layout == "members" else 1)
             elif isinstance(layer, nn.Linear):  # a shared (batch, F) input broadcasts to every member
-                optimizer = self.optimizer if torch.is_grad_enabled() else None
                 h = StackedLinear.apply(h.expand(R, *h.shape[-2:]), self.params[f"{name}.weight"],
                                         self.params[f"{name}.bias"], optimizer)
                 layout = "members"

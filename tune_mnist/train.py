@@ -8,7 +8,6 @@ own mean losses, so each gets its own gradient, and the optimizer updates each w
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,10 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tune_mnist import kernels, noise
+from tune_mnist import noise
 from tune_mnist.data import DeviceSplit, scale_inputs
 from tune_mnist.optim import Optimizer
-from tune_mnist.population import Member, Population, structure
+from tune_mnist.population import Population
 
 # Member-images per evaluation chunk: every member's activations are alive at once, and larger chunks
 # amortise the launches of a small net's forward.
@@ -49,19 +48,12 @@ class TrainConfig:
         return asdict(self)
 
 
-def use_tf32() -> None:
-    """Matmuls in TF32 on a GPU, as PyTorch already runs cuDNN convolutions: populations train 15-18% faster
-    and their mean test accuracy moves by less than 0.001."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-
-
 def make_optimizer(pop: Population, cfg: TrainConfig) -> Optimizer:
     """The population's optimizer, each member with its lr and weight decay; its kernel, where it runs, takes
-    the dense weights' updates into their backward."""
+    the dense weights' updates into their backward (the step passes it to the population's forward)."""
     dense = [name for name, p in pop.params.items() if name.endswith(".weight") and p.dim() == 3]
-    pop.optimizer = Optimizer(pop.params, cfg.optimizer, [m.lr for m in pop.members],
-                              [m.weight_decay for m in pop.members], cfg.momentum, dense)
-    return pop.optimizer
+    return Optimizer(pop.params, cfg.optimizer, [m.lr for m in pop.members], [m.weight_decay for m in pop.members],
+                     cfg.momentum, dense)
 
 
 class GraphedStep:
@@ -138,7 +130,7 @@ def epoch_loop(pop: Population, opt: Optimizer, train: DeviceSplit, cfg: TrainCo
             x, y = train.x.expand(R, *train.x.shape), train.y.expand(R, n)
         else:
             x, y = train.x[idx], train.y[idx]
-        logits = pop(scale_inputs(noise.corrupt(x, keys, idx), cfg.inputs))
+        logits = pop(scale_inputs(noise.corrupt(x, keys, idx), cfg.inputs), optimizer=opt)
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(R, -1).mean(1)
         opt.zero_grad()
         losses.sum().backward()
@@ -214,53 +206,3 @@ class Trainer:
         self.opt.keep(torch.tensor(list(positions), device=self.pop.device))
         self.opt.rebind(self.pop.params)
         self.run = epoch_loop(self.pop, self.opt, self.splits["train"], self.cfg)
-
-
-def fit(pop: Population, splits: dict[str, DeviceSplit], cfg: TrainConfig) -> list[dict[str, float]]:
-    """Trains every member to the end, letting diverged ones go; the last evaluated epoch's metrics."""
-    trainer, metrics = Trainer(pop, splits, cfg), []
-    for metrics in trainer.epochs():
-        trainer.keep([r for r, m in enumerate(metrics) if "error" not in m])
-    return metrics
-
-
-def kernel_key(member: Member, train: DeviceSplit, cfg: TrainConfig) -> str:
-    """What a population's Triton kernels depend on: an MLP's activation and widths run in torch, so one MLP's
-    kernels (corruption, Adam) serve them all; a CNN's fused blocks take its channels and activation."""
-    spec = structure(member.spec)
-    if spec["family"] == "mlp":
-        spec = {"family": "mlp"}
-    return json.dumps([spec, str(train.x.device), len(train), cfg.batch_size, cfg.optimizer, cfg.inputs,
-                       member.corruption > 0], sort_keys=True)
-
-
-def compile_ahead(members: Sequence[Member], train: DeviceSplit, cfg: TrainConfig, wait: bool = True) -> None:
-    """Compiles the Triton kernels that populations like these members' train and evaluate with, all at once.
-
-    Triton compiles a kernel at its first launch, and each CNN activation has kernels of its own: without this,
-    a campaign's first trial of each activation waits for them, one activation after another. Here a
-    two-member population of each kind trains an epoch on a short split, and another evaluates, each in a
-    thread of its own (the compiler lets go of the GIL); the kernels land in Triton's disk cache, where the
-    trials' workers find them. No kernel takes the member count, so two members compile what R would. With
-    wait=False it returns while they compile; asked again, it waits for them rather than compiling again.
-    """
-    def training(member: Member) -> None:
-        pop = Population([member, member], train.x.device)
-        epoch_loop(pop, make_optimizer(pop, cfg), same_kernels(train, cfg.batch_size), cfg, graphs=False)(0)
-
-    def evaluation(member: Member) -> None:
-        evaluate(Population([member, member], train.x.device), train, cfg.inputs)
-
-    started = [kernels.in_background((job.__name__, kernel_key(m, train, cfg)), lambda m=m, job=job: job(m))
-               for m in members for job in (training, evaluation)]
-    if wait:
-        for done in started:
-            done.result()
-
-
-def same_kernels(train: DeviceSplit, batch: int, batches: int = 3) -> DeviceSplit:
-    """The first images of a split, as many as make an epoch launch the kernels that an epoch of the whole split
-    does: `batches` full batches and a last one as large as the split's. Triton compiles a kernel for the
-    integers it is passed by whether they divide by 16, and the split's size is the batch orders' stride."""
-    n = batches * batch + len(train) % batch
-    return train if n >= len(train) else DeviceSplit(train.x[:n], train.y[:n])

@@ -23,7 +23,8 @@ from tune_mnist.files import read_table, write_csv
 from tune_mnist.population import Member, Population
 from tune_mnist.report import for_run
 from tune_mnist.settings import Common
-from tune_mnist.train import TrainConfig, compile_ahead, epoch_loop, make_optimizer, same_kernels
+from tune_mnist.train import TrainConfig, epoch_loop, make_optimizer
+from tune_mnist.warmup import compile_ahead, same_kernels
 from tune_mnist.tuning import cluster, runner, trial
 
 NAME = "corruption"

@@ -12,7 +12,7 @@ import ray
 import torch
 
 from tune_mnist.errors import UserError
-from tune_mnist.train import use_tf32
+from tune_mnist.warmup import use_tf32
 
 CLIENT_ATTEMPTS = 4
 
