@@ -8,8 +8,6 @@ ONNX graph that runs without PyTorch.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import pickle
@@ -192,9 +190,9 @@ def file_metadata(spec: dict[str, Any], card: dict[str, Any], info: dict[str, An
 
 
 def load_state(path: str | os.PathLike, map_location: torch.device | str = "cpu") -> dict[str, Any]:
-    """A dict saved with torch.save (a checkpoint, a model file of earlier versions), read with weights_only=True: tensors and
-    plain containers, strings and numbers only. A file whose pickle names anything else (a class, a function
-    to call) is refused with a UserError before any of it runs."""
+    """A dict saved with torch.save (a checkpoint, a model file of earlier versions), read with weights_only=True:
+    tensors and plain containers, strings and numbers only. A file whose pickle names anything else (a class, a
+    function to call) is refused with a UserError before any of it runs."""
     try:
         with warnings.catch_warnings():  # torch warns about a pickle it did not write, then refuses it below
             warnings.simplefilter("ignore")
@@ -272,10 +270,7 @@ def save_onnx(path: str | os.PathLike, model: Exported) -> None:
     the model file's metadata (spec, card, info as JSON text) is in the graph's metadata_props."""
     check_onnx()
     sample = torch.rand(2, *INPUT_SHAPE)  # two images: torch.export takes a size of 1 to be fixed
-    # the exporter prints its progress and warns about the exported program's internals
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model.eval(), (sample,), dynamo=True, input_names=["images"],
-                                    output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    program = torch.onnx.export(model.eval(), (sample,), dynamo=True, input_names=["images"], output_names=["logits"],
+                                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
     program.model.metadata_props.update(file_metadata(model.spec, model.card, model.info))
     atomic_write(Path(path), lambda tmp: program.save(tmp, external_data=False))
