@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from test_trust import Payload
 from tune_mnist import cli, data, models
 from tune_mnist.errors import UserError
 
@@ -23,9 +24,9 @@ NO_TORCH = "import sys\nsys.modules['torch'] = sys.modules['tune_mnist'] = None\
 RUN_ONNX = NO_TORCH + """
 import numpy as np, onnxruntime as ort
 session = ort.InferenceSession(sys.argv[1])
-logits = session.run(["logits"], {"images": np.load(sys.argv[2])})[0]
-np.save(sys.argv[3], logits)
-print(session.run(["logits"], {"images": np.load(sys.argv[2])[:1]})[0].shape)
+images = np.load(sys.argv[2])
+np.save(sys.argv[3], session.run(["logits"], {"images": images})[0])
+print(session.run(["logits"], {"images": images[:1]})[0].shape)
 """
 READ_SAFETENSORS = NO_TORCH + """
 import json
@@ -67,10 +68,10 @@ def train(spec, splits, path):
     torch.manual_seed(0)
     model = models.Exported(models.build(spec), spec["inputs"], spec, {}, models.describe(spec))
     opt = torch.optim.Adam(model.parameters(), 3e-3)
-    train = splits["train"]
+    split = splits["train"]
     for _ in range(200):
-        i = torch.randint(len(train.x), (64,))
-        loss = torch.nn.functional.cross_entropy(model(train.x[i]), train.y[i])
+        i = torch.randint(len(split.x), (64,))
+        loss = torch.nn.functional.cross_entropy(model(split.x[i]), split.y[i])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -130,14 +131,6 @@ def test_a_model_file_of_earlier_versions_still_loads(tmp_path):
     back = models.load(tmp_path / "rank1.pt")
     x = torch.rand(4, 1, 28, 28)
     assert back.spec == spec and back.info == {"a": 1} and torch.equal(back(x), net(x))
-
-
-class Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (str(self.marker), "w")
 
 
 def test_files_that_are_no_model_file_are_refused_with_one_line(tmp_path):
