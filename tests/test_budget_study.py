@@ -131,8 +131,10 @@ def test_stage1_population_of_seeds_equals_separate_trials_and_exports(tmp_path,
 
 
 def test_export_command_writes_the_top_n(run_dir, capsys):
-    assert cli.main(["export", str(run_dir), "--top", "2"]) == 0
-    assert (run_dir / "best" / "P5000" / "rank2.pt").is_file()
+    assert cli.main(["export", str(run_dir), "--top", "2", "--format", "onnx"]) == 0
+    assert (run_dir / "best" / "P5000" / "rank2.safetensors").is_file()
+    assert json.loads((run_dir / "best.json").read_text())["5000"][1]["onnx"] == "best/P5000/rank2.onnx"
+    assert (run_dir / "best" / "P5000" / "rank2.onnx").is_file()
     assert "rank=2" in capsys.readouterr().out
 
 

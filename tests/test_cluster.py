@@ -74,7 +74,7 @@ def test_study_runs_on_both_nodes_four_trials_on_two_logical_gpus_into_shared_st
             env=ENV, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     shared = tmp_path / "shared" / "budget" / "c"
-    for name in ("run.json", "trials.csv", "loss_vs_k.png", "best.json", "best/P20000/rank1.pt"):
+    for name in ("run.json", "trials.csv", "loss_vs_k.png", "best.json", "best/P20000/rank1.safetensors"):
         assert (shared / name).is_file(), f"{name} was copied to the storage"
     assert len(list(shared.glob("tune/P20000-grid/trial_*/events.out.tfevents*"))) == 11, "TensorBoard files"
     assert not (tmp_path / "budget" / "c" / "tune").exists(), "Tune wrote to the storage, not the run folder"

@@ -80,8 +80,8 @@ def test_optimizer_steps_as_torchs_for_each_member(kind):
 def test_save_and_load_round_trip(tmp_path):
     net = models.cnn((4, 8), 16, "gelu")
     spec = {"family": "cnn", "channels": [4, 8], "hidden": 16, "activation": "gelu"}
-    models.save(tmp_path / "m.pt", net, spec, test_acc=0.5)
-    back = models.load(tmp_path / "m.pt")
+    models.save(tmp_path / "m.safetensors", net, spec, test_acc=0.5)
+    back = models.load(tmp_path / "m.safetensors")
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(back(x), net(x)) and back.info["test_acc"] == 0.5 and back.spec["channels"] == [4, 8]
 

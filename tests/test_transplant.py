@@ -91,8 +91,8 @@ def test_transplant_outputs_widen_the_last_layer(results, ray_session, tmp_path,
     spec = {"family": "mlp", "widths": [128, 64], "activation": "relu", "outputs": 16}
     row = per_seed.iloc[0]
     state = storage.read_checkpoint(f"{row.checkpoint}/{trial.STATE}")
-    models.save(tmp_path / "m.pt", trial.member_state(state, int(row.member), spec), spec)
-    net = models.load(tmp_path / "m.pt")
+    models.save(tmp_path / "m.safetensors", trial.member_state(state, int(row.member), spec), spec)
+    net = models.load(tmp_path / "m.safetensors")
     assert net.card["outputs"] == 16 and net(torch.rand(3, 1, 28, 28)).shape == (3, 16)
     assert models.describe({"family": "mlp", "widths": [8]})["outputs"] == 10
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tune_mnist import data as mnist
-from tune_mnist import report, runs, settings, storage
+from tune_mnist import models, report, runs, settings, storage
 from tune_mnist.errors import UserError, require
 from tune_mnist.files import read_table
 from tune_mnist.studies import budget, registry
@@ -46,6 +46,8 @@ def build_parser() -> Parser:
     p = sub.add_parser("export", help="export the best models of a finished budget run")
     p.add_argument("run_dir")
     p.add_argument("--top", type=int, default=1, help="models per P (default 1)")
+    p.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
+                   help="safetensors weights (default), or those and an ONNX graph (needs the [export] extra)")
     p = sub.add_parser("report", help="draw a finished run's figures and REPORT.md again")
     p.add_argument("run_dir")
     return parser
@@ -117,17 +119,20 @@ def run_study(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        models.check_onnx()
     run_dir = Path(args.run_dir)
     meta = runs.read(run_dir)
     require(meta["study"] == budget.NAME, f"{run_dir} is a {meta['study']!r} run; only budget runs export models")
     require((run_dir / "trials.csv").is_file(), f"{run_dir} has no trials.csv: the run has not finished")
     require(args.top >= 1, f"--top must be >= 1, got {args.top}")
-    best = budget.export(run_dir, read_table(run_dir / "trials.csv"), args.top)
+    best = budget.export(run_dir, read_table(run_dir / "trials.csv"), args.top, onnx=args.format == "onnx")
     if meta["settings"].get("storage"):
         storage.upload(run_dir, storage.for_run(meta["settings"]["storage"], budget.NAME, run_dir))
     for P, entries in best.items():
         for e in entries:
-            print(f"P={P} rank={e['rank']} widths={e['widths']} test_acc={e['test_acc']:.4f} -> {run_dir / e['file']}")
+            written = ", ".join(str(run_dir / e[k]) for k in ("file", "onnx") if k in e)
+            print(f"P={P} rank={e['rank']} widths={e['widths']} test_acc={e['test_acc']:.4f} -> {written}")
     return 0
 
 

@@ -57,8 +57,3 @@ def save_figure(path: Path, fig: "matplotlib.figure.Figure") -> None:  # noqa: F
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
 
-
-def atomic_save(obj: Any, path: Path) -> None:
-    import torch
-
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))

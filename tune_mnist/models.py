@@ -1,8 +1,9 @@
 """Every network the studies train, each rebuilt from a small JSON-able spec.
 
 A spec is a dict such as {"family": "mlp", "widths": [256, 128], "activation": "tanh"}; `build(spec)`
-makes the module, and `save`/`load` keep weights and spec together so an export needs no code but this.
-A saved file holds tensors, strings and numbers only, so loading one never runs code.
+makes the module, and `save`/`load` keep weights and spec together in one safetensors file, a data-only
+format that any safetensors reader opens and whose loading never runs code. `save_onnx` writes a model as an
+ONNX graph that runs without PyTorch.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from tune_mnist.data import SCALINGS, scale_inputs
 from tune_mnist.errors import UserError
-from tune_mnist.files import atomic_save
+from tune_mnist.files import atomic_write
 
 ACTIVATIONS = {
     "tanh": nn.Tanh,
@@ -37,6 +40,7 @@ ARCHITECTURES = {  # each family's settings and their defaults (None: the spec m
 }
 FAMILIES = tuple(ARCHITECTURES)
 INPUT_SHAPE, INPUT_RANGE, CLASSES = [1, 28, 28], [0.0, 1.0], list(range(10))
+SUFFIX = ".safetensors"  # what `save` writes; `load` reads any other file as a torch file of earlier versions
 
 
 def activation(name: str) -> nn.Module:
@@ -168,19 +172,27 @@ class Exported(nn.Module):
 
 def save(path: str | os.PathLike, weights: nn.Module | dict[str, torch.Tensor], spec: dict[str, Any],
          **info: Any) -> None:
-    """Weights (a module's, or its state dict), spec, describe(spec) and any metrics in one file, on CPU, written
-    atomically. Spec, card and info are stored as JSON text: a numpy number in them (pandas gives those) would
-    otherwise be pickled as an object that a weights-only load refuses."""
+    """Weights (a module's, or its state dict) as a safetensors file named *.safetensors, on CPU, written
+    atomically, with spec, describe(spec) and any metrics as JSON text in its metadata (`file_metadata`)."""
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        raise ValueError(f"a model file's name ends in {SUFFIX}, got {path.name}")
     state = weights.state_dict() if isinstance(weights, nn.Module) else weights
-    state = {k: v.detach().cpu() for k, v in state.items()}
-    atomic_save({"spec": json.dumps(spec), "card": json.dumps(describe(spec)), "info": json.dumps(info),
-                 "state_dict": state}, Path(path))
+    # safetensors refuses tensors that share memory, as one member's slices of a population's weights do
+    state = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format) for k, v in state.items()}
+    data = safetensors_bytes(state, file_metadata(spec, describe(spec), info))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))  # safetensors' own writer ignores the umask
+
+
+def file_metadata(spec: dict[str, Any], card: dict[str, Any], info: dict[str, Any]) -> dict[str, str]:
+    """What a model file says beside its weights, as JSON text under "spec", "card" and "info"."""
+    return {"spec": json.dumps(spec), "card": json.dumps(card), "info": json.dumps(info)}
 
 
 def load_state(path: str | os.PathLike, map_location: torch.device | str = "cpu") -> dict[str, Any]:
-    """A dict saved with torch.save (a model file, a checkpoint), read with weights_only=True: tensors and
-    plain containers, strings and numbers only. A file whose pickle names anything else (a class, a function
-    to call) is refused with a UserError before any of it runs."""
+    """A dict saved with torch.save (a checkpoint, a model file of earlier versions), read with weights_only=True:
+    tensors and plain containers, strings and numbers only. A file whose pickle names anything else (a class, a
+    function to call) is refused with a UserError before any of it runs."""
     try:
         with warnings.catch_warnings():  # torch warns about a pickle it did not write, then refuses it below
             warnings.simplefilter("ignore")
@@ -200,19 +212,65 @@ def load(path: str | os.PathLike) -> Exported:
     logits (N, 10) for the classes 0..9 (an MLP's are spec["outputs"] wide, the logits past the 10th naming no
     class); it applies the input scaling it was trained with (card["inputs"]) itself. `model.spec` is the spec
     as saved (`build(model.spec)` makes the plain network, whose state_dict equals `model.state_dict()`),
-    `model.info` the metrics saved with it, `model.card` the file's description (see `describe`). A file that
-    would run code, or is no model file, raises UserError.
+    `model.info` the metrics saved with it, `model.card` the file's description (see `describe`). A *.safetensors
+    file is read with safetensors, any other as a torch file of earlier versions (`load_state`). A file that would
+    run code, or is no model file (a TorchScript archive, a damaged file), raises UserError.
     """
-    blob = load_state(path)
-    if "spec" not in blob or "state_dict" not in blob:
-        raise UserError(f"{path} is not a tune_mnist model file (it has no spec and weights)")
-    spec, info = _text(blob["spec"]), _text(blob.get("info", {}))
-    card = _text(blob["card"]) if "card" in blob else describe(spec)
-    net = build(spec)
-    net.load_state_dict(blob["state_dict"])
+    try:
+        texts, state = _read(Path(path))
+        spec, info = _text(texts["spec"]), _text(texts.get("info", {}))
+        card = _text(texts["card"]) if "card" in texts else describe(spec)
+        net = build(spec)
+        net.load_state_dict(state)
+    except UserError:
+        raise
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001 - whatever a file that is no model file makes safetensors or torch raise
+        raise UserError(f"{path} is not a tune_mnist model file ({_reason(e)})") from None
     return Exported(net, card["inputs"], spec, info, card)
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A model file's metadata (spec, card, info) and weights."""
+    if path.suffix == SUFFIX:
+        with safe_open(path, framework="pt") as f:
+            texts, state = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    else:
+        texts = load_state(path)
+        state = texts.get("state_dict")
+    if "spec" not in texts or not isinstance(state, dict):
+        raise UserError(f"{path} is not a tune_mnist model file (it has no spec and weights)")
+    return texts, state
+
+
+def _reason(e: Exception) -> str:
+    """An exception's type and first sentence, for a one-line message."""
+    text = str(e).strip().split("\n")[0].split(". ")[0]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _text(value: str | dict[str, Any]) -> dict[str, Any]:
     """JSON text as a dict; files saved before spec and info were JSON hold them as dicts."""
     return json.loads(value) if isinstance(value, str) else value
+
+
+def check_onnx() -> None:
+    """Raises UserError unless the packages that `save_onnx` needs (the [export] extra) are installed."""
+    try:
+        import onnxscript  # noqa: F401 - torch.onnx's exporter builds the graph with it (and onnx)
+    except ImportError as e:
+        raise UserError(f"ONNX export needs the package {e.name}: install the [export] extra "
+                        '(pip install -e ".[export]")') from None
+
+
+def save_onnx(path: str | os.PathLike, model: Exported) -> None:
+    """`model` (as `load` returns it) as an ONNX graph, written atomically: input "images", float32
+    (N, 1, 28, 28) in [0, 1], any N; output "logits" (N, outputs). The input scaling is inside the graph, and
+    the model file's metadata (spec, card, info as JSON text) is in the graph's metadata_props."""
+    check_onnx()
+    sample = torch.rand(2, *INPUT_SHAPE)  # two images: torch.export takes a size of 1 to be fixed
+    program = torch.onnx.export(model.eval(), (sample,), dynamo=True, input_names=["images"], output_names=["logits"],
+                                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    program.model.metadata_props.update(file_metadata(model.spec, model.card, model.info))
+    atomic_write(Path(path), lambda tmp: program.save(tmp, external_data=False))

@@ -226,9 +226,10 @@ def confirm(s: Settings, P: int, frame: pd.DataFrame, run_dir: Path, data: Mnist
 # ----------------------------------------------------------------------------------------------------------------
 # Exports: the confirmed best per P
 
-def export(run_dir: Path, trials: pd.DataFrame, top: int = 1) -> dict[str, Any]:
-    """The top-N confirmed configurations per P (by mean validation loss over seeds) to run_dir/best/P<P>/rank<N>.pt
-    (the seed with the lowest validation loss; weights, spec and metrics in one file), listed in best.json."""
+def export(run_dir: Path, trials: pd.DataFrame, top: int = 1, onnx: bool = False) -> dict[str, Any]:
+    """The top-N confirmed configurations per P (by mean validation loss over seeds) to
+    run_dir/best/P<P>/rank<N>.safetensors (the seed with the lowest validation loss; weights, spec and metrics in
+    one file) and, with `onnx`, to rank<N>.onnx beside it, listed in best.json."""
     best: dict[str, Any] = {}
     for P, part in answers.confirmed(trials).groupby("P"):
         entries = []
@@ -236,10 +237,14 @@ def export(run_dir: Path, trials: pd.DataFrame, top: int = 1) -> dict[str, Any]:
             row = runs.nsmallest(1, "val_loss").iloc[0]
             spec = {"family": "mlp", "widths": closed_form.parse_widths(row.widths), "activation": row.activation}
             state = storage.read_checkpoint(f"{row.checkpoint}/{trial.STATE}")
-            target = run_dir / "best" / f"P{P}" / f"rank{rank}.pt"
+            target = run_dir / "best" / f"P{P}" / f"rank{rank}{models.SUFFIX}"
             metrics = {k: float(row[k]) for k in ("val_loss", "test_loss", "test_acc")}
             models.save(target, trial.member_state(state, int(row.member), spec), spec, **metrics)
-            entries.append({"rank": rank, "file": str(target.relative_to(run_dir)), "widths": row.widths,
+            files = {"file": str(target.relative_to(run_dir))}
+            if onnx:  # the graph of what the file holds, read back as any user reads it
+                models.save_onnx(target.with_suffix(".onnx"), models.load(target))
+                files["onnx"] = str(target.with_suffix(".onnx").relative_to(run_dir))
+            entries.append({"rank": rank, **files, "widths": row.widths,
                             "k": int(row.k), "params": int(row.params), "shape": row["shape"],
                             "activation": row.activation, "lr": float(row.lr), "weight_decay": float(row.weight_decay),
                             "seeds": len(runs), "val_loss_mean": float(runs["val_loss"].mean()),

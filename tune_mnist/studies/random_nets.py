@@ -123,7 +123,7 @@ def write_search(folder: Path, state: dict[str, Any], metrics: dict[str, Any], n
     """search_results.json and the kept best weights as plain TinyCNN files."""
     kept = []
     for k in state["kept"]:
-        file = folder / "best" / f"net_{k['index']}.pt"
+        file = folder / "best" / f"net_{k['index']}{models.SUFFIX}"
         model = models.tiny_cnn()
         model.load_state_dict(k["state_dict"])
         models.save(file, model, {"family": "tiny_cnn"}, index=k["index"], val_acc=k["val"])
