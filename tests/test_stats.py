@@ -74,6 +74,9 @@ def test_bootstrap_is_deterministic_and_resamples_whole_groups():
     values = np.random.default_rng(3).normal(5, 1, 400)
     ci = stats.bootstrap(values, np.mean)
     assert ci.low < 5 < ci.high and ci.high - ci.low == pytest.approx(2 * 1.96 / 20, rel=0.15)
+    # on rows alone it is scipy's percentile bootstrap, up to the resampling noise (kept for groups and failed fits)
+    scipy_ci = sps.bootstrap((values,), np.mean, n_resamples=2000, method="percentile", rng=0).confidence_interval
+    assert (ci.low, ci.high) == pytest.approx((scipy_ci.low, scipy_ci.high), abs=0.1 * (ci.high - ci.low))
 
 
 def test_threshold_crossing_of_a_line():
