@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import optimize
+from scipy import stats as sps
 
 from tune_mnist import laws, stats
 
@@ -85,14 +86,17 @@ def test_the_robust_law_recovers_planted_exponents_and_passes_its_fit_tests():
 
 
 def test_the_lack_of_fit_F_is_the_cells_spread_against_the_seeds():
+    cells = np.array([[1, 1], [1, 1], [2, 2], [2, 2], [3, 3], [3, 3]])
+    r = np.array([0.1, 0.3, -0.2, 0.0, 0.5, 0.5])
+    # cell means 0.2, -0.1, 0.5: pure error 0.04 on 6 - 3 df; lack of fit 2·(0.04 + 0.01 + 0.25) = 0.6 on 3 - 1
+    F, p, lof_df, pure_df = laws._lack_of_fit(cells, r, params=1)
+    assert (lof_df, pure_df) == (2, 3) and F == pytest.approx((0.6 / 2) / (0.04 / 3))
+    assert p == pytest.approx(sps.f.sf(22.5, 2, 3))
     w, f, seed = grid()
     law = laws.joint_power_law(w, f, separable(w, f, np.random.default_rng(17)), seeds=seed, n=0)
-    r = pd.DataFrame({"w": w, "f": f, "r": law.residuals})
-    pure = ((r["r"] - r.groupby(["w", "f"])["r"].transform("mean")) ** 2).sum()
-    between = 3 * (r.groupby(["w", "f"])["r"].mean() ** 2).sum()  # = all residuals' squares minus the pure part
-    assert law.lack_of_fit_F == pytest.approx((between / 20) / (pure / 50))
-    assert math.isnan(laws.joint_power_law(*grid(1)[:2], separable(*grid(1)[:2], np.random.default_rng(0)),
-                                           n=0).lack_of_fit_p)  # one seed a cell: no replicate error
+    assert law.lack_of_fit_p == pytest.approx(sps.f.sf(law.lack_of_fit_F, 20, 50))
+    w, f, _ = grid(1)
+    assert math.isnan(laws.joint_power_law(w, f, separable(w, f, np.random.default_rng(0)), n=0).lack_of_fit_p)
 
 
 def test_the_lack_of_fit_test_rejects_a_surface_where_wider_is_worse_at_small_data():

@@ -74,10 +74,11 @@ class JointLaw:
     """y = E + A·w^(−α) + B·f^(−β) in width w and data fraction f, and how well it fits.
 
     `reason` says why a fit failed, else "". `E_at_bound`: the fit put E at its bound 0, so the data cannot tell E
-    from 0 and E's interval is one-sided. The fit's quality: `rmse` of log residuals; the lack-of-fit F-test
-    (`lack_of_fit_F` on `lack_of_fit_df` and `pure_error_df` degrees of freedom, `lack_of_fit_p`; nan without cells
-    of >= 2 seeds); `systematic` names the fractions whose log residuals trend with width (Holm-corrected slopes,
-    `trend`), "" where none do. `residuals` are log y − log fit, one per input row.
+    from 0 and E's interval is one-sided. The fit's quality: `rmse` of log residuals; the lack-of-fit F-test of
+    the law's least-squares fit against the spread between seeds of a cell (`lack_of_fit_F` on `lack_of_fit_df`
+    and `pure_error_df` degrees of freedom, `lack_of_fit_p`; nan without cells of >= 2 seeds); `systematic` names
+    the fractions whose log residuals trend with width (Holm-corrected slopes, `trend`), "" where none do.
+    `residuals` are log y − log fit, one per input row.
     """
 
     E: float
@@ -138,15 +139,20 @@ class JointLaw:
                 f"α = {self.alpha_interval}; β = {self.beta_interval}; {E}")
 
 
+def _log_fit(p: np.ndarray, lw: np.ndarray, lf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log of the law at p = (E, log A, α, log B, β), its width term, its data term), w and f given as logs."""
+    E, logA, alpha, logB, beta = p
+    tw, tf = np.exp(logA - alpha * lw), np.exp(logB - beta * lf)
+    return np.log(E + tw + tf), tw, tf
+
+
 def _huber_fit(lw: np.ndarray, lf: np.ndarray, ly: np.ndarray, start: np.ndarray,
                bounds: list[tuple[float, float]]) -> optimize.OptimizeResult:
     """L-BFGS-B from `start` on (E, log A, α, log B, β): the summed Huber loss of log-residuals, with its gradient."""
     def objective(p: np.ndarray) -> tuple[float, np.ndarray]:
-        E, logA, alpha, logB, beta = p
-        tw, tf = np.exp(logA - alpha * lw), np.exp(logB - beta * lf)
-        fit = E + tw + tf
-        r = np.log(fit) - ly
-        slope = np.clip(r, -HUBER_DELTA, HUBER_DELTA) / fit / HUBER_DELTA  # d huber / d fit, scaled like the loss
+        log_fit, tw, tf = _log_fit(p, lw, lf)
+        r = log_fit - ly
+        slope = np.clip(r, -HUBER_DELTA, HUBER_DELTA) / np.exp(log_fit) / HUBER_DELTA  # d huber / d law, scaled
         gradient = [slope.sum(), (slope * tw).sum(), -(slope * tw * lw).sum(), (slope * tf).sum(),
                     -(slope * tf * lf).sum()]
         return float(special.huber(HUBER_DELTA, r).sum() / HUBER_DELTA), np.array(gradient)
@@ -230,12 +236,14 @@ def joint_power_law(w: ArrayLike, f: ArrayLike, y: ArrayLike, seeds: ArrayLike |
         p = min((_huber_fit(lw, lf, ly, s, bounds) for s in _starts(y)), key=lambda fit: fit.fun).x
         refits = (_huber_fit(lw[i], lf[i], ly[i], p, bounds) for i in _resamples(len(y), seeds, n, seed))
         draws = np.array([fit.x if fit.success else np.full(5, math.nan) for fit in refits]).reshape(-1, 5)
+        # the lack-of-fit test's reference is the law's least-squares fit (a Huber fit leaves more squared misfit)
+        squares = optimize.least_squares(lambda q: _log_fit(q, lw, lf)[0] - ly, p, bounds=tuple(zip(*bounds))).x
     E, logA, alpha, logB, beta = (float(v) for v in p)
     law = JointLaw(E, math.exp(logA) * w0 ** alpha, alpha, math.exp(logB) * f0 ** beta, beta,
                    _percentile(E, draws[:, 0], units, level), _percentile(alpha, draws[:, 2], units, level),
                    _percentile(beta, draws[:, 4], units, level), E_at_bound=E == 0.0, level=level)
     r = ly - np.log(law.predict(w, f))
-    F, p_lof, lof_df, pure_df = _lack_of_fit(np.column_stack([w, f]), r, params=5)
+    F, p_lof, lof_df, pure_df = _lack_of_fit(np.column_stack([w, f]), ly - _log_fit(squares, lw, lf)[0], params=5)
     trend = _residual_trend(w, f, r, level)
     return JointLaw(**{**vars(law), "rmse": float(np.sqrt((r ** 2).mean())), "lack_of_fit_F": F,
                        "lack_of_fit_p": p_lof, "lack_of_fit_df": lof_df, "pure_error_df": pure_df,
