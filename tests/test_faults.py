@@ -39,7 +39,8 @@ def start_and_kill(args: list[str], marker: str, count: int) -> list[str]:
 
 @pytest.mark.slow
 def test_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_session, capsys):
-    argv = ["linear", "--smoke", "--step-sizes", "1e38", "0.3", "--epoch-counts", "100", "--results", str(tmp_path), "--name", "nan"]
+    argv = ["linear", "--smoke", "--step-sizes", "1e38", "0.3", "--epoch-counts", "100", "--population", "1",
+            "--results", str(tmp_path), "--name", "nan"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     trials = read_table(tmp_path / "linear" / "nan" / "trials.csv")

@@ -209,39 +209,6 @@ def choices(path: Path, frame: pd.DataFrame, row: str, col: str, value: str, *, 
     save_figure(path, fig)
 
 
-def marked_lines(path: Path, frame: pd.DataFrame, x: str, y: str, group: str, marks: Sequence[tuple[str, float]],
-                 *, title: str, xlabel: str, ylabel: str, name: str | None = None, logx: bool = False,
-                 logy: bool = False) -> None:
-    """One curve per value of `group`, and a vertical line at each (label, x) of `marks`."""
-    fig, ax = _pyplot().subplots(figsize=(8, 4.5), layout="constrained")
-    for key, part in frame.groupby(group, sort=True):
-        part = part.sort_values(x)
-        ax.plot(part[x], part[y], marker="o", markersize=3, label=f"{name or group} = {key:g}")
-    for i, (label, at) in enumerate(marks):
-        ax.axvline(at, color="k", linestyle=["--", ":", "-."][i % 3], linewidth=1, label=label)
-    _log_axes(ax, logx, logy)
-    ax.set(xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3, which="both")
-    fig.suptitle(title)
-    fig.legend(loc="outside lower center", ncols=4, fontsize=8)  # below the axes: clear of title and data
-    save_figure(path, fig)
-
-
-def grouped_bars(path: Path, frame: pd.DataFrame, x: str, group: str, y: str, yerr: str, *, title: str) -> None:
-    fig, ax = _pyplot().subplots(figsize=(8, 4.5), layout="constrained")
-    groups = sorted(frame[group].unique())
-    xs = sorted(frame[x].unique())
-    width = 0.8 / len(groups)
-    for i, key in enumerate(groups):
-        part = frame[frame[group] == key].set_index(x).reindex(xs)
-        ax.bar(np.arange(len(xs)) + i * width, part[y], width, yerr=part[yerr], capsize=3, label=str(key))
-    ax.set_xticks(np.arange(len(xs)) + width * (len(groups) - 1) / 2, [str(v) for v in xs])
-    ax.set(xlabel=x, ylabel=y, title=title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    save_figure(path, fig)
-
-
 def grouped_lines(path: Path, frame: pd.DataFrame, panel: str, x: str, y: str, group: str, *, yerr: str, title: str,
                   xlabel: str, ylabel: str) -> None:
     """One subplot per value of `panel`, a line (with error bars) per value of `group`: groups compared in a panel."""
