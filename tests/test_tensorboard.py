@@ -76,8 +76,8 @@ def test_each_net_of_a_population_or_alone_is_one_hparams_row_with_its_settings_
     shared = {"P": 100, "stage": "grid", "epochs": 2, "optimizer": "adam"}
     three = [{"k": 2, "widths": "9-7", "lr": 0.01, "seed": 0}, {"k": 2, "widths": "8-8", "lr": 0.001, "seed": 1},
              {"k": 2, "widths": "7-9", "lr": 10.0, "seed": 2}]
-    reports = [{"epoch": 1.0, "m0/epoch": 1, "m0/val_loss": 0.5, "m1/epoch": 1, "m1/val_loss": 0.9, "m1/stopped_early": 1,
-                "m2/epoch": 1, "m2/val_loss": 0.7},
+    reports = [{"epoch": 1.0, "m0/epoch": 1, "m0/val_loss": 0.5, "m1/epoch": 1, "m1/val_loss": 0.9,
+                "m1/stopped_early": 1, "m2/epoch": 1, "m2/val_loss": 0.7},
                {"epoch": 2.0, "m0/epoch": 2, "m0/val_loss": 0.4, "m0/test_acc": 0.9, "m1/epoch": 1, "m1/val_loss": 0.9,
                 "m1/stopped_early": 1, "m2/epoch": 2, "m2/val_loss": float("nan"), "m2/error": "diverged in epoch 2"}]
     callback.on_trial_complete(0, [], finished_trial(tmp_path, "a", {**shared, "members": three}, reports))

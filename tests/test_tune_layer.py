@@ -58,7 +58,8 @@ def test_progress_lines_count_trials_and_nets_estimate_what_is_left_and_name_a_d
                                                             "m1/error": "diverged in epoch 1: training loss nan"}),
               fake_trial("b", [{"seed": 2}, {"seed": 3}], error_file=str(tmp_path / "error.txt")),
               fake_trial("c", [{"seed": 4}, {"seed": 5}])]
-    (tmp_path / "error.txt").write_text("Traceback (most recent call last):\n  ...\nFloatingPointError: the run diverged\n")
+    (tmp_path / "error.txt").write_text("Traceback (most recent call last):\n...\n"
+                                        "FloatingPointError: the run diverged\n")
     shown = progress.Progress("grid", "val_loss", [], trials=3, nets=6)
     shown.on_step_begin(0, trials)
     shown.started -= 60  # a minute in
@@ -120,8 +121,9 @@ def experiment(run_dir, statuses):
     trials = [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in statuses.items()]
     (folder / "experiment_state-2026-12-07_10-00-00.json").write_text(json.dumps({"trial_data": trials}))
     for t in statuses:
-        (folder / f"trial_{t}" / "checkpoint_000001").mkdir(parents=True)
-        torch.save({"epoch": 2, "params": {"w": torch.ones(64, 64)}}, folder / f"trial_{t}" / "checkpoint_000001" / "state.pt")
+        checkpoint = folder / f"trial_{t}" / "checkpoint_000001"
+        checkpoint.mkdir(parents=True)
+        torch.save({"epoch": 2, "params": {"w": torch.ones(64, 64)}}, checkpoint / "state.pt")
     return folder
 
 
@@ -131,20 +133,22 @@ def test_a_resume_reads_no_pickle_from_a_run_folder_others_could_write(tmp_path,
     run_dir, marker = tmp_path / "run", tmp_path / "ran"
     tuner = experiment(run_dir, {"a": "TERMINATED"}) / "tuner.pkl"
     tuner.write_bytes(pickle.dumps(Payload(marker)))
+    link = run_dir / "tune" / "link"
     untrusted = [(lambda: tuner.chmod(0o664), f"{tuner} can be written by others than its owner"),
                  (lambda: tuner.parent.chmod(0o757), f"{tuner.parent} can be written by others than its owner"),
                  (lambda: monkeypatch.setattr(os, "getuid", lambda: os.geteuid() + 1),
                   f"{run_dir} belongs to uid {os.geteuid()}, not to you (uid {os.geteuid() + 1})"),
-                 (lambda: (run_dir / "tune" / "link").symlink_to(tmp_path), f"{run_dir / 'tune' / 'link'} is a symbolic link")]
+                 (lambda: link.symlink_to(tmp_path), f"{link} is a symbolic link")]
     for make, why in untrusted:
         make()
         with pytest.raises(UserError) as refused:
             runner.check_checkpoints(str(run_dir))
-        assert str(refused.value) == (f"refusing to resume {run_dir}: {why}, and a resume unpickles Ray's state there, "
-                                      "which runs any code put in it (if you trust the folder: chmod -R go-w, or chown, it)")
+        assert str(refused.value) == (f"refusing to resume {run_dir}: {why}, and a resume unpickles Ray's state "
+                                      "there, which runs any code put in it (if you trust the folder: chmod -R "
+                                      "go-w, or chown, it)")
         assert not marker.exists()
         monkeypatch.undo()
-        tuner.chmod(0o644), tuner.parent.chmod(0o755), (run_dir / "tune" / "link").unlink(missing_ok=True)
+        tuner.chmod(0o644), tuner.parent.chmod(0o755), link.unlink(missing_ok=True)
     runner.check_checkpoints(str(run_dir))  # trusted: passes, and reads no pickle itself
     assert not marker.exists()
     pickle.loads(tuner.read_bytes())
@@ -163,7 +167,8 @@ def test_a_damaged_checkpoint_of_a_finished_trial_refuses_the_resume_and_changes
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     with pytest.raises(UserError) as refused:
         runner.check_checkpoints(str(run_dir))
-    assert str(refused.value).startswith(f"{states['a']} is damaged (") and "its trial had finished" in str(refused.value)
+    message = str(refused.value)
+    assert message.startswith(f"{states['a']} is damaged (") and "its trial had finished" in message
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before, "the folder as it was"
 
     states["a"].write_bytes(whole)
@@ -298,7 +303,8 @@ def test_every_net_is_one_hparams_row_with_its_settings_and_final_metrics(study)
         assert hparams == {"activation": row.activation, "width": row.width, "seed": row.seed, "lr": row.lr}
         assert metrics["diverged"] == (row.lr > 1) and metrics["epochs_trained"] == row.epoch
         if row.lr < 1:
-            assert metrics["val_loss"] == pytest.approx(row.val_loss) and metrics["test_acc"] == pytest.approx(row.test_acc)
+            assert metrics["val_loss"] == pytest.approx(row.val_loss)
+            assert metrics["test_acc"] == pytest.approx(row.test_acc)
             assert metrics["epochs_trained"] == 2 and metrics["stopped_early"] == 0
 
 
@@ -425,3 +431,47 @@ def test_a_refusal_after_ray_started_is_one_line(tmp_path):
                    timeout=300)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert done.stderr.startswith("tune_mnist: error: a trial asks for 1000 CPU but the Ray cluster has ")
+
+
+@pytest.mark.slow
+def test_a_budget_run_keeps_what_export_and_resume_read_and_a_damaged_final_checkpoint_refuses_its_resume(
+        tmp_path, ray_session, capsys):
+    """Every net of every stage an HParams row; the depth grid's and Optuna's checkpoints gone, the confirmation's
+    last kept for export; a resume of the finished run with that checkpoint damaged refused in one line, the folder
+    unchanged; whole again, the finished run resumes to the same rows."""
+    from tune_mnist import cli
+
+    assert cli.main(["budget", "--P", "20000", "--max-depth", "1", "--seeds", "1", "--trials", "4",
+                     "--search-population", "2", "--epochs", "2", "--train-limit", "2000", "--eval-limit", "500",
+                     "--confirm-top", "1", "--confirm-seeds", "1", "--results", str(tmp_path), "--name", "b"]) == 0
+    run_dir = tmp_path / "budget" / "b"
+    trials = read_table(run_dir / "trials.csv")
+    shown = hparams_dashboard(run_dir / "tensorboard")
+    assert len(shown) == len(trials) == 2 + 4 + len(trials[trials["stage"] == "confirm"])
+    for row in trials.itertuples():
+        hparams, metrics = shown[f"P20000-{row.stage}/trial_{row.trial_id}/m{row.member}"]
+        assert (hparams["P"], hparams["stage"], hparams["k"], hparams["lr"]) == (20000, row.stage, row.k, row.lr)
+        assert metrics["val_loss"] == pytest.approx(row.val_loss) and metrics["stopped_early"] == row.stopped_early
+
+    assert not list(run_dir.glob("tune/P20000-grid/trial_*/checkpoint_*"))
+    assert not list(run_dir.glob("tune/P20000-optuna/trial_*/checkpoint_*"))
+    confirm = sorted(run_dir.glob("tune/P20000-confirm/trial_*/checkpoint_*"))
+    assert len(confirm) == trials[trials["stage"] == "confirm"]["trial_id"].nunique()
+    assert trials[trials["stage"] != "confirm"]["checkpoint"].eq("").all()
+    assert (run_dir / "best" / "P20000" / "rank1.pt").is_file()
+
+    victim = confirm[0] / "state.pt"
+    whole = victim.read_bytes()
+    victim.write_bytes(whole[:len(whole) // 2])
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert cli.main(["budget", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{victim} is damaged" in err and "its trial had finished" in err
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+    victim.write_bytes(whole)
+    assert cli.main(["budget", "--resume", str(run_dir)]) == 0
+    again = read_table(run_dir / "trials.csv")
+    columns = ["stage", "trial_id", "member", "val_loss", "checkpoint"]
+    assert again[columns].equals(trials[columns])

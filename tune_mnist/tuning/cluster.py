@@ -1,4 +1,4 @@
-"""Start or join Ray, settle the resources a trial takes, and give a trial the device Ray assigned it."""
+"""Check --address and start or join Ray, settle the resources a trial takes, give a trial its device."""
 
 from __future__ import annotations
 

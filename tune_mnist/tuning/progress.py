@@ -50,6 +50,9 @@ class Progress(tune.Callback):
     def __getstate__(self) -> dict[str, Any]:  # the Tuner pickles its callbacks; a bar holds a stream
         return {**self.__dict__, "bar": None, "started": None}
 
+    def total(self, trials: list) -> int:
+        return self.trials or len(trials)
+
     def counts(self, trials: list, trial: Any = None) -> tuple[int, int]:
         """Trials and nets done (`trial` has just ended: Tune marks it after the callbacks)."""
         done = [t for t in trials if t.status in FINISHED and t is not trial] + ([trial] if trial else [])
@@ -57,7 +60,7 @@ class Progress(tune.Callback):
 
     def status(self, trials: list, trial: Any = None) -> str:
         done, nets_done = self.counts(trials, trial)
-        total = self.trials or len(trials)
+        total = self.total(trials)
         text = f"trials {done}/{total}"
         if self.nets is not None and self.nets != total:
             text += f", nets {nets_done}/{self.nets}"
@@ -87,7 +90,7 @@ class Progress(tune.Callback):
             self.started = time.time()
             self.before = self.counts(trials)
             if self.before[0]:
-                total = self.trials or len(trials)
+                total = self.total(trials)
                 print(f"[{self.label}] resumed: {self.before[0]} of {total} trials already done, "
                       f"{total - self.before[0]} to go", flush=True)
             if sys.stdout.isatty():
@@ -107,7 +110,7 @@ class Progress(tune.Callback):
             if "error" in m and i < len(entries):
                 self.say(f"[{self.label}] a net diverged: {settings(trial.config, entries[i])} ({m['error']}); "
                          "it is recorded with its error and the others go on", trials)
-        parts = [f"[{self.label}] {self.counts(trials, trial)[0]}/{self.trials or len(trials)} done", keys,
+        parts = [f"[{self.label}] {self.counts(trials, trial)[0]}/{self.total(trials)} done", keys,
                  f"{self.metric}={result.get(self.metric, float('nan')):.4f}",
                  f"({result.get('time_total_s', 0):.1f}s{early})"]
         self.say("  ".join(p for p in parts if p), trials, trial)
@@ -118,9 +121,9 @@ class Progress(tune.Callback):
         except (OSError, TypeError, IndexError):
             error = ""
         entries = trial.config.get("members", [])
-        of = f" ({'; '.join(settings(trial.config, e) for e in entries[:4])}{'; ...' if len(entries) > 4 else ''})"
-        self.say(f"[{self.label}] {self.counts(trials, trial)[0]}/{self.trials or len(trials)} FAILED "
-                 f"{trial.trial_id}{of if entries else ''}: {error + '; see ' if error else 'see '}{trial.path}",
+        named = "; ".join(settings(trial.config, e) for e in entries[:4]) + ("; ..." if len(entries) > 4 else "")
+        self.say(f"[{self.label}] {self.counts(trials, trial)[0]}/{self.total(trials)} FAILED {trial.trial_id}"
+                 + (f" ({named})" if named else "") + f": {error + '; ' if error else ''}see {trial.path}",
                  trials, trial)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

@@ -107,10 +107,10 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
     trials (a grid's are counted from `param_space`). `tensorboard`: the folder of the nets' own TensorBoard runs,
     each with an HParams entry of its settings and of the trial's config keys `hparams`. Once the experiment has
     ended, a finished trial keeps its last checkpoint only, and none where `prune` says that nothing reads them
-    then (not a resume, not an export). Ctrl-C (SIGINT) ends the experiment within seconds, its state saved: Interrupted is raised,
-    after the rows of the trials that finished, in this experiment and in those of the run that ended before it,
-    are written to the run's interrupted.csv, unless stop_on_interrupt, where Ctrl-C is how the study ends (the
-    random search) and the grid is returned. Failed (a UserError) if every trial failed.
+    then (not a resume, not an export). Ctrl-C (SIGINT) ends the experiment within seconds, its state saved:
+    Interrupted is raised, after the rows of the trials that finished, in this experiment and in those of the run
+    that ended before it, are written to the run's interrupted.csv, unless stop_on_interrupt, where Ctrl-C is how
+    the study ends (the random search) and the grid is returned. Failed (a UserError) if every trial failed.
     """
     space = param_space or {}
     wrapped = tune.with_resources(tune.with_parameters(trainable, data=data),

@@ -112,7 +112,8 @@ def write_member_runs(result_file: Path, folder: Path, settings: Sequence[Mappin
         steps[max(steps)].update(ended[member])
         writer = EventFileWriter(str(run))
         if member < len(settings):
-            session = hparams.hparams_pb(dict(settings[member]), trial_id=f"{folder.parent.name}/{folder.name}/m{member}")
+            group = f"{folder.parent.name}/{folder.name}/m{member}"  # one row per net, whatever nets share settings
+            session = hparams.hparams_pb(dict(settings[member]), trial_id=group)
             writer.add_event(Event(wall_time=time.time(), step=0, summary=session))
         for step, values in sorted(steps.items()):
             summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
