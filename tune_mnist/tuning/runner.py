@@ -195,8 +195,8 @@ def last_line(error: Any) -> str:
 
 
 def prune_checkpoints(grid: tune.ResultGrid, keep_last: bool) -> None:
-    """Deletes the checkpoints of the trials that finished but, where keep_last, the last (the one before it was kept
-    while the trial ran, in case Ray's state, saved every few seconds, still named it); the rows then name the
+    """Deletes the checkpoints of the trials that finished, all but the last where keep_last (the one before it was
+    kept while the trial ran, in case Ray's state, saved every few seconds, still named it); the rows then name the
     last or no checkpoint. A failed trial keeps its own: a resume retries it from there."""
     for result in grid:
         if result.error is not None:
@@ -263,6 +263,7 @@ def check_trusted(location: str) -> None:
 
 
 def refuse_untrusted(root: str, path: str) -> None:
+    """UserError if `path` is a link, another user's, or writable by its group or others."""
     info = os.lstat(path)
     why = ("is a symbolic link" if stat.S_ISLNK(info.st_mode) else
            f"belongs to uid {info.st_uid}, not to you (uid {os.getuid()})" if info.st_uid != os.getuid() else
