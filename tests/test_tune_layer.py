@@ -203,6 +203,7 @@ def test_addresses_name_their_host_and_port():
     assert cluster.endpoint("[::1]:6379") == ("::1", 6379)
     assert cluster.endpoint("ray://head") == ("head", 10001)
     assert cluster.endpoint("ray://head.example.org:10002") == ("head.example.org", 10002)
+    assert cluster.endpoint("ray_head:6379") == ("ray_head", 6379)
 
 
 def test_an_address_where_something_else_listens_is_refused_within_seconds():

@@ -19,8 +19,8 @@ from tune_mnist.train import use_tf32
 CLIENT_ATTEMPTS = 4
 CLIENT_PORT = 10001  # Ray Client's port where ray://host names none
 CONNECT_TIMEOUT_S = 3.0
-ADDRESS_FORMS = "local, auto, host:port or ray://host:port, with a port from 1 to 65535"
-_HOST = r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+ADDRESS_FORMS = "local, auto, host:port or ray://host[:port], with a port from 1 to 65535"
+_HOST = r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
 _ENDPOINT = re.compile(_HOST + r":(?P<port>[0-9]{1,5})")
 _CLIENT = re.compile("ray://" + _HOST + r"(?::(?P<port>[0-9]{1,5}))?")
 
