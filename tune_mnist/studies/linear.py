@@ -100,7 +100,8 @@ def grid(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources, name: 
     epochs = max(s.epoch_counts)
     space = {"epochs": epochs, "eval_every": min(s.eval_every, epochs), "grid": name,
              "init_scale": tune.grid_search(scales), "members": tune.grid_search(runner.chunks(runs, s.population))}
-    results = runner.run(trainable, run_dir, name, res, data, param_space=space, shown=["init_scale"])
+    results = runner.run(trainable, run_dir, name, res, data, param_space=space, shown=["init_scale"],
+                         tensorboard=run_dir / "tensorboard" / name, hparams=["grid", "init_scale"])
     rows = runner.member_rows(runner.rows(results, ["grid", "init_scale", "members"]))
     return rows, curves(results, name)
 
