@@ -51,12 +51,9 @@ def test_a_flattening_curve_has_its_plateau_where_the_rate_is_crossed():
 
 def test_a_curve_still_falling_at_the_end_has_not_reached_its_plateau():
     """The old definition (the gain still to come before the last epoch) put this curve's plateau near its end."""
-    from tune_mnist import stats
-
     stops = answers.plateaus(pd.concat([curve(still_falling(s), s) for s in (1, 2, 3)]), 0.01, 100)
     assert not stops["reached"].any() and stops["plateau_epoch"].isna().all()
     assert (stops["last_window_gain"] > 0.02).all()
-    assert stats.plateau(EPOCHS, still_falling(1), 0.01) > 1500
     text = answers.plateau_answer(trials_for(stops), stops, 1.0)
     assert "its plateau is not reached within 2000 epochs" in text and "train longer" in text
 
