@@ -37,13 +37,18 @@ def labels_of(value):
 
 
 def corrupt_deflate(path):
+    """The gzip file with its first deflate block of a type that does not exist (zlib: invalid block type)."""
     raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)  # within the compressed stream, past the gzip header
+    start = raw.index(0, 10) + 1 if raw[3] & 8 else 10  # past the header and its file name, if it has one
+    raw[start] = 0xFF
     return bytes(raw)
 
 
 DATA = {  # a file replaced, and the message
     "truncated": ("t10k-labels", lambda path: path.read_bytes()[:2000], "cannot read MNIST file"),
+    "corrupt deflate": ("t10k-images", corrupt_deflate, "invalid block type"),
+    "label 255": ("t10k-labels", labels_of(255), "holds the label 255: MNIST's labels are 0 to 9"),
+    "1-D images": ("t10k-images", lambda path: idx(np.zeros(10_000 * 784)), "not images N x 28 x 28"),
 }
 
 
