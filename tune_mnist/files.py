@@ -19,7 +19,10 @@ def check_folder(path: str | os.PathLike, flag: str, write: bool) -> None:
     if "\0" in str(path):
         raise UserError(f"{flag} {path!r}: a path cannot hold NUL")
     path = Path(path)
-    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except OSError as e:  # a name too long, say
+        raise UserError(f"{flag} {path}: {e.strerror or e}") from None
     if not existing.is_dir():
         raise UserError(f"{flag} {path}: " + ("not a folder" if existing == path else f"{existing} is not a folder"))
     if not write and existing != path:

@@ -29,9 +29,13 @@ def new_run_dir(results: Path, study: str, name: str) -> Path:
     """The folder for a new run ("" names it by the time); it is created only later, by `start`, once all input is
     checked."""
     run_dir = Path(results) / study / (name or time.strftime("%Y%m%d-%H%M%S"))
-    if run_dir.is_dir() and any(run_dir.iterdir()) or run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue it, or another --name")
+    if os.path.isdir(run_dir) and any(run_dir.iterdir()) or os.path.lexists(run_dir) and not os.path.isdir(run_dir):
+        raise taken(run_dir)
     return run_dir
+
+
+def taken(run_dir: Path) -> UserError:
+    return UserError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue it, or another --name")
 
 
 def versions() -> dict[str, str]:
@@ -52,7 +56,7 @@ def start(run_dir: Path, study: str, settings: dict[str, Any], command: list[str
         raise UserError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
     lock(run_dir)
     if (run_dir / RUN_FILE).exists():
-        raise UserError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue it, or another --name")
+        raise taken(run_dir)
     write_json(run_dir / RUN_FILE, {
         "study": study, "settings": settings, "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions(),
@@ -63,9 +67,9 @@ def read(run_dir: Path, study: str | None = None) -> dict[str, Any]:
     """A run's run.json: an object with the study's name and its settings; UserError for anything else."""
     run_dir = Path(run_dir)
     path = run_dir / RUN_FILE
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is not a folder" if run_dir.exists() else f"{run_dir} does not exist")
-    if not path.is_file():
+    if not os.path.isdir(run_dir):  # os.path's tests take any OSError (a name too long) as "no"
+        raise UserError(f"{run_dir} is not a folder" if os.path.lexists(run_dir) else f"{run_dir} does not exist")
+    if not os.path.isfile(path):
         raise UserError(f"{run_dir} is not a tune_mnist run folder (no {RUN_FILE})")
     try:
         meta = json.loads(path.read_bytes().decode("utf-8"))

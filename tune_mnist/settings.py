@@ -53,7 +53,7 @@ Inputs = Literal[INPUTS]                                      # input scalings: 
 
 
 def _run_name(name: str) -> str:
-    """"" (a timestamp) or one path component: a run's folder never lands outside <results>/<study>/."""
+    """A run's name: empty (a timestamp), or one path component, so that its folder stays in <results>/<study>/."""
     if name in (".", "..") or "/" in name or "\0" in name:
         raise ValueError("must be one folder name: no '/', '.', '..' or NUL")
     if len(os.fsencode(name)) > 200:
@@ -65,7 +65,7 @@ HOST_PORT = re.compile(r"(ray://)?([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,
 
 
 def _address(address: str) -> str:
-    """"local", "auto", or [ray://]host:port."""
+    """A Ray address: local, auto, or [ray://]host:port."""
     found = HOST_PORT.fullmatch(address)
     if address not in ("local", "auto") and not (found and 1 <= int(found.group(3)) <= 65535):
         raise ValueError('must be "local", "auto", host:port or ray://host:port, with a port from 1 to 65535')
@@ -112,13 +112,16 @@ def types(cls: type) -> dict[str, Any]:
 def build(cls: type, values: dict[str, Any], origins: dict[str, str]) -> Any:
     """cls from plain values (a TOML's, the flags', run.json's), each validated against its field's type; a refusal
     names the value's origin ("flag", or the file it came from)."""
-    out = {}
-    for name, kind in types(cls).items():
-        try:
-            out[name] = _adapter(kind).validate_python(values[name])
-        except ValidationError as e:
-            raise UserError(refusal(name, values[name], e.errors()[0], origins.get(name, "flag"))) from None
-    return cls(**out)
+    return cls(**{name: valid(name, kind, values[name], origins.get(name, "flag"))
+                  for name, kind in types(cls).items()})
+
+
+def valid(name: str, kind: Any, value: Any, origin: str) -> Any:
+    """The value as its field's type holds it; UserError, naming the origin, if the type refuses it."""
+    try:
+        return _adapter(kind).validate_python(value)
+    except ValidationError as e:
+        raise UserError(refusal(name, value, e.errors()[0], origin)) from None
 
 
 def refusal(name: str, value: Any, error: dict[str, Any], origin: str) -> str:
@@ -270,8 +273,7 @@ class Space:
             if item is bool:
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
             else:
-                parser.add_argument(flag, type=item, nargs="+" if many else None, default=None, help=helptext,
-                                    metavar=name.upper())
+                parser.add_argument(flag, type=item, nargs="+" if many else None, default=None, help=helptext)
 
     def given(self, args: argparse.Namespace) -> dict[str, Any]:
         """The flags given on the command line."""
@@ -291,10 +293,7 @@ class Space:
     def value(self, name: str, args: argparse.Namespace, smoke: bool = False) -> Any:
         """One setting, validated, before the others: the address decides whether the [gpu] table applies."""
         values, origins = self.layers(args, smoke, gpu=False)
-        try:
-            return _adapter(self.types[name]).validate_python(values[name])
-        except ValidationError as e:
-            raise UserError(refusal(name, values[name], e.errors()[0], origins[name])) from None
+        return valid(name, self.types[name], values[name], origins[name])
 
     def settings(self, args: argparse.Namespace, smoke: bool = False, gpu: bool = False) -> Any:
         """The study's Settings: the TOML's values, its [smoke] and [gpu] tables where they apply, then the flags."""

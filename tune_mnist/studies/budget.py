@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -72,7 +73,8 @@ def check(s: Settings) -> None:
         require(P >= closed_form.MIN_P, f"P={P} is too small: the smallest MLP (k=1, m=1) has {closed_form.MIN_P} "
                                         "parameters")
     if s.linear_run:
-        require((Path(s.linear_run) / "trials.csv").is_file(), f"{s.linear_run} is not a finished linear run")
+        require(os.path.isfile(os.path.join(s.linear_run, "trials.csv")),
+                f"--linear-run {s.linear_run}: not a finished linear run (it has no trials.csv)")
     for name in ("ratio", "lr_range", "weight_decay_range"):
         low, high = getattr(s, name)
         require(low <= high, f"--{name.replace('_', '-')} {low:g} {high:g}: the low end must not exceed the high end")
