@@ -39,7 +39,7 @@ FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 1.5, 2.0, 1e-300, 1e300, 1.7976931348623157
 INTS = [0, 1, -1, 2, 9, 10, 805, 60_000, 2**31, 2**53, 2**53 + 1, 2**63, -(2**63), 10**30]
 TEXT = ["", " ", ".", "..", "/", "a/b", "../../escape", "x" * 300, "é" * 150, "\0", "a\nb", "-", "--x", "nan",
         "1.5", "1e30", "0x10", "True", "adam", "sgd", "relu", "mlp", "cnn", "uniform", "standard", "local", "auto",
-        "ray://", "ray://head:10001", "head:0", "head:65536", "127.0.0.1:-1", "s3://", "nosuchfs://x", "/dev/null",
+        "ray://", "ray://head:10001", "head:0", "head:65536", "127.0.0.1:-1", "file:///", "nosuchfs://x", "/dev/null",
         "/etc/passwd", "/proc", "/nonexistent/dir"]
 
 # a flag's value as typed: mostly its own type's edge cases, else anything

@@ -273,7 +273,8 @@ def tables(s: Settings) -> list[Table]:
     confirmed = len(s.P) * (s.confirm_top + len(s.shapes)) * s.confirm_seeds * 2 if s.trials else 0
     return [Table("trials.csv", ("P", "stage", *CONFIG, "seed", "params", "val_loss", "test_loss", "test_acc",
                                  "final_train_loss", "error", "stopped_early", "member", "checkpoint"),
-                  range(found, found + confirmed + 1), finite=("val_loss", "test_loss", "test_acc", "final_train_loss"))]
+                  range(found, found + confirmed + 1),
+                  finite=("val_loss", "test_loss", "test_acc", "final_train_loss"))]
 
 
 STUDY = Study(NAME, HELP, __doc__, Settings, check, run, report, tables)
