@@ -187,7 +187,7 @@ def test_transplant_outputs_widen_the_last_layer(results, ray_session, tmp_path,
     found = answers.carriers(read_table(run / "tests.csv"))
     listed = " ".join(f"{k}={','.join(map(str, v)) or 'none'}" for k, v in found.items())
     assert re.search(rf"^STUDY=transplant .* {listed} ", out, re.M), out
-    for flags, message in ((["--outputs", "9"], "--outputs must be >= 10"), (["--seeds", "1"], "--seeds must be >= 2")):
+    for flags, message in ((["--outputs", "9"], "--outputs 9: must be >= 10"), (["--seeds", "1"], "--seeds 1: must be >= 2")):
         args = cli.build_parser().parse_args(["transplant", *flags])
         with pytest.raises(UserError, match=message):
             transplant.check(settings.Space(transplant.Settings, "transplant").settings(args))

@@ -15,17 +15,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
+from annotated_types import Ge, Gt, Lt, MinLen
 from ray import tune
 
 from tune_mnist.data import Mnist
 from tune_mnist.errors import require
 from tune_mnist.files import write_csv
 from tune_mnist.population import Member
-from tune_mnist.settings import Common
-from tune_mnist.studies import linear_report as answers
+from tune_mnist.runs import Table
+from tune_mnist.settings import Common, NonEmpty, NonNegative, Positive, PositiveInt
+from tune_mnist.studies import Study, linear_report as answers
 from tune_mnist.train import TrainConfig
 from tune_mnist.tuning import cluster, members as report_format, runner, trial
 
@@ -35,36 +37,26 @@ HELP = "the 7,850-parameter softmax baseline: step sizes, then fresh seeds x ini
 
 @dataclass
 class Settings(Common):
-    step_sizes: list[float]
-    epoch_counts: list[int]
-    eval_every: int
-    init_scales: list[float]
-    seeds: int
-    population: int
-    plateau_rate: float
-    plateau_window: int
+    step_sizes: NonEmpty[Positive]
+    epoch_counts: NonEmpty[PositiveInt]
+    eval_every: PositiveInt
+    init_scales: Annotated[list[NonNegative], MinLen(2)]  # the first is the reference the others are compared with
+    seeds: Annotated[PositiveInt, Ge(2)]  # the init scales are compared over seeds
+    population: PositiveInt
+    plateau_rate: Annotated[float, Gt(0), Lt(1)]
+    plateau_window: PositiveInt
 
 
 def check(s: Settings) -> None:
-    require(len(s.step_sizes) > 0 and all(lr > 0 for lr in s.step_sizes), "--step-sizes must be > 0 and not empty")
-    require(len(s.epoch_counts) > 0 and all(e >= 1 for e in s.epoch_counts), "--epoch-counts must be >= 1")
-    require(s.eval_every >= 1, f"--eval-every must be >= 1, got {s.eval_every}")
-    require(all(x >= 0 for x in s.init_scales), "--init-scales must be >= 0")
-    require(len(set(s.init_scales)) == len(s.init_scales) >= 2,
-            f"--init-scales must be two or more different scales (the first is the reference), got {s.init_scales}")
-    require(s.seeds >= 2, f"--seeds must be >= 2 (the init scales are compared over seeds), got {s.seeds}")
-    require(s.population >= 1, f"--population must be >= 1, got {s.population}")
-    require(0 < s.plateau_rate < 1, f"--plateau-rate must be in (0, 1), got {s.plateau_rate}")
-    require(1 <= s.plateau_window < max(s.epoch_counts), f"--plateau-window must be >= 1 and shorter than the run "
-                                                          f"({max(s.epoch_counts)} epochs), got {s.plateau_window}")
+    require(len(set(s.init_scales)) == len(s.init_scales), f"--init-scales must differ, got {s.init_scales}")
+    require(s.plateau_window < max(s.epoch_counts), f"--plateau-window must be shorter than the run "
+                                                     f"({max(s.epoch_counts)} epochs), got {s.plateau_window}")
 
 
 def trainable(config: dict[str, Any], data: Mnist) -> None:
     net = {"family": "mlp", "widths": [], "init_scale": config["init_scale"]}
     members = [Member(net, seed=m["seed"], lr=m["lr"]) for m in config["members"]]
-    cfg = TrainConfig(epochs=config["epochs"], eval_every=config["eval_every"], optimizer="sgd", batch_size=0,
-                      inputs="center")
-    trial.train(data, members, cfg)
+    trial.train(data, members, TrainConfig(**config["train"]))
 
 
 def curves(grid: tune.ResultGrid, label: str) -> pd.DataFrame:
@@ -98,8 +90,10 @@ def grid(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources, name: 
          runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Trains the runs (each its lr and seed) at every init scale, `population` to a trial: their rows and curves."""
     epochs = max(s.epoch_counts)
-    space = {"epochs": epochs, "eval_every": min(s.eval_every, epochs), "grid": name,
-             "init_scale": tune.grid_search(scales), "members": tune.grid_search(runner.chunks(runs, s.population))}
+    train = TrainConfig.from_settings(s, epochs=epochs, eval_every=min(s.eval_every, epochs), optimizer="sgd",
+                                      batch_size=0, inputs="center")
+    space = {"train": train.as_dict(), "grid": name, "init_scale": tune.grid_search(scales),
+             "members": tune.grid_search(runner.chunks(runs, s.population))}
     results = runner.run(trainable, run_dir, name, res, data, param_space=space, shown=["init_scale"],
                          tensorboard=run_dir / "tensorboard" / name, hparams=["grid", "init_scale"])
     rows = runner.member_rows(runner.rows(results, ["grid", "init_scale", "members"]))
@@ -136,3 +130,24 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
 def report(run_dir: Path, out: Path | None = None) -> None:
     """Figures and REPORT.md into `out` (default the run folder), from the run's CSVs."""
     answers.write(run_dir, Path(out or run_dir))
+
+
+def tables(s: Settings) -> list[Table]:
+    runs, others = len(s.step_sizes) + s.seeds * len(s.init_scales), len(s.init_scales) - 1
+    compared = tuple(m + end for m in answers.METRICS for end in ("", "_low", "_high"))
+    return [Table("trials.csv", (*answers.RUN, "final_train_loss", "val_loss", "test_loss", "test_acc", "error"),
+                  range(runs, runs + 1), finite=("final_train_loss", "val_loss", "test_loss", "test_acc")),
+            Table("curves.csv", ("epoch", "train_loss", "test_loss", "test_acc", *answers.RUN)),
+            Table("plateaus.csv", (*answers.RUN, "rate", "window", "plateau_epoch", "reached", "last_epoch",
+                                   "last_window_gain", "train_loss_at_plateau", "train_loss_last",
+                                   "test_acc_at_plateau", "test_acc_last"), range(1, runs + 1)),
+            Table("init.csv", ("init_scale", "seeds", "diverged", *compared),
+                  range(len(s.init_scales), len(s.init_scales) + 1)),
+            Table("init_tests.csv", ("init_scale", "reference", "metric", "difference", "difference_low",
+                                     "difference_high", "p", "p_adjusted", "family", "detected", "mde", "n", "n_b",
+                                     "unit", "test"), range(3 * others, 3 * others + 1)),
+            Table("step_size_x_epochs.csv", ("lr", "epochs", "train_loss", "test_loss", "test_acc"),
+                  range(1, len(s.step_sizes) * len(s.epoch_counts) + 1))]
+
+
+STUDY = Study(NAME, HELP, __doc__, Settings, check, run, report, tables)

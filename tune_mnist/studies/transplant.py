@@ -16,19 +16,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
 import torch
+from annotated_types import Ge
 from torch import nn
 
 from tune_mnist import models
-from tune_mnist.data import INPUTS, DeviceSplit, Mnist
+from tune_mnist.data import DeviceSplit, Mnist
 from tune_mnist.errors import require
 from tune_mnist.files import write_csv
 from tune_mnist.population import Member, Population
-from tune_mnist.settings import Common
-from tune_mnist.studies import transplant_report as answers
+from tune_mnist.runs import Table
+from tune_mnist.settings import Activation, Common, Inputs, NonEmpty, Optimizer, Positive, PositiveInt
+from tune_mnist.studies import Study, transplant_report as answers
 from tune_mnist.train import TrainConfig, evaluate
 from tune_mnist.tuning import cluster, runner, trial
 
@@ -38,28 +40,20 @@ HELP = "train an FC net, swap single layers between its initial and trained copi
 
 @dataclass
 class Settings(Common):
-    layers: list[int]
-    outputs: int
-    activation: str
-    seeds: int
-    population: int
-    epochs: int
-    batch_size: int
-    optimizer: str
-    lr: float
-    inputs: str
+    layers: NonEmpty[PositiveInt]
+    outputs: Annotated[PositiveInt, Ge(len(models.CLASSES))]  # one output per label at least
+    activation: Activation
+    seeds: Annotated[PositiveInt, Ge(2)]  # the tests pair seeds
+    population: PositiveInt
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    optimizer: Optimizer
+    lr: Positive
+    inputs: Inputs
 
 
 def check(s: Settings) -> None:
-    require(len(s.layers) > 0 and all(w >= 1 for w in s.layers), f"--layers must be widths >= 1, got {s.layers}")
-    require(s.outputs >= len(models.CLASSES), f"--outputs must be >= {len(models.CLASSES)}, one per label, "
-                                              f"got {s.outputs}")
-    require(s.seeds >= 2, f"--seeds must be >= 2 (the tests pair seeds), got {s.seeds}")
-    require(s.epochs >= 1, f"--epochs must be >= 1, got {s.epochs}")
-    require(s.lr > 0, f"--lr must be > 0, got {s.lr}")
-    require(s.population >= 1, f"--population must be >= 1, got {s.population}")
-    require(s.activation in models.ACTIVATIONS, f"unknown activation {s.activation!r}")
-    require(s.inputs in INPUTS, f"unknown input scaling {s.inputs!r}; choose from {', '.join(INPUTS)}")
+    """Nothing beyond what the types say."""
 
 
 def swaps(pop: Population, initial: dict[str, torch.Tensor], splits: dict[str, DeviceSplit],
@@ -83,8 +77,8 @@ def trainable(config: dict[str, Any], data: Mnist) -> None:
     net = {"family": "mlp", "widths": config["layers"], "activation": config["activation"],
            "outputs": config["outputs"]}
     members = [Member(net, seed=m["seed"], lr=config["lr"]) for m in config["members"]]
-    trial.train(data, members, TrainConfig.from_config(config),
-                finish=lambda pop, initial, splits: swaps(pop, initial, splits, config["inputs"]))
+    cfg = TrainConfig(**config["train"])
+    trial.train(data, members, cfg, finish=lambda pop, initial, splits: swaps(pop, initial, splits, cfg.inputs))
 
 
 def fans(layers: list[int], outputs: int) -> list[str]:
@@ -113,8 +107,8 @@ def report(run_dir: Path, out: Path | None = None) -> None:
 
 
 def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict[str, Any]:
-    space = {"layers": s.layers, "outputs": s.outputs, "activation": s.activation, "epochs": s.epochs,
-             "batch_size": s.batch_size, "optimizer": s.optimizer, "lr": s.lr, "inputs": s.inputs}
+    space = {"layers": s.layers, "outputs": s.outputs, "activation": s.activation, "lr": s.lr,
+             "train": TrainConfig.from_settings(s).as_dict()}
     groups = runner.chunks([{"seed": seed} for seed in range(s.seeds)], s.population)
     per_seed = runner.populations(trainable, run_dir, "seeds", res, data, space, groups=groups, keep=[],
                                   shown=["seed"], tensorboard=run_dir / "tensorboard", metric="test_acc", mode="max")
@@ -129,3 +123,19 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
     return {"seeds": len(per_seed), "errors": int(per_seed["error"].ne("").sum()),
             "trained_test_acc": round(float(per_seed["test_acc"].mean()), 4),
             **{k: ",".join(map(str, layers)) or "none" for k, layers in answers.carriers(tests).items()}}
+
+
+def tables(s: Settings) -> list[Table]:
+    dense = len(s.layers) + 1  # the output layer is swapped too
+    nets = ("test_acc", "test_loss", "init_test_acc", "init_test_loss")
+    return [Table("results_per_seed.csv", ("seed", "params", *nets, "final_train_acc", "error"),
+                  range(s.seeds, s.seeds + 1), finite=(*nets, "final_train_acc")),
+            Table("results_summary.csv", ("layer", "fan", "direction", "seeds", "test_acc", "test_acc_low",
+                                          "test_acc_high", "test_loss", "test_loss_low", "test_loss_high"),
+                  range(2 * (dense + 1), 2 * (dense + 1) + 1)),  # reset and graft per layer, their starts at 0
+            Table("tests.csv", ("layer", "fan", "direction", "metric", "swapped", "start", "difference",
+                                "difference_low", "difference_high", "p", "p_adjusted", "family", "detected", "mde",
+                                "n", "n_b", "unit", "test"), range(4 * dense, 4 * dense + 1))]
+
+
+STUDY = Study(NAME, HELP, __doc__, Settings, check, run, report, tables)
