@@ -90,8 +90,8 @@ def test_a_start_differing_in_accuracy_alone_is_found_and_the_metrics_disagreeme
     assert text.startswith("The start matters by test accuracy: a difference from PyTorch's init is detected there.")
     assert re.search(r"PyTorch's init better than 10 x PyTorch's init in test accuracy by 0\.0\d+ \(95% CI", text)
     assert "over 6 tests, n = 6 seeds" in text
-    assert "The metrics disagree on 10 x PyTorch's init: a difference is detected by test accuracy, not by test " \
-           "loss, training loss." in text
+    assert "The metrics disagree on 10 x PyTorch's init: no difference detected by test loss, worse by test " \
+           "accuracy, no difference detected by training loss." in text
     assert "- By test loss: no difference between zero init and PyTorch's init in test loss detected at n = 6" in text
     assert "does not matter" not in text
 
