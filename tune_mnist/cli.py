@@ -11,7 +11,7 @@ Whether trials will have a GPU, and so whether the [gpu] table applies, is settl
 with `--address local` by this machine (torch.cuda.is_available(): a local Ray gives its trials this machine's
 GPUs); with a cluster's address by joining the cluster first (cluster.connect, which gives up within seconds) and
 asking it, so the address is the one setting checked, and acted on, before the others. `report` and `export` read
-only a finished run whose run.json, settings and tables check out (report.finished_run), and create no folder.
+only a finished run whose run.json, settings and tables check out (studies.finished_run), and create no folder.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tune_mnist import data as mnist
-from tune_mnist import models, report, runs, settings, storage
+from tune_mnist import models, runs, settings, storage, studies
 from tune_mnist.errors import UserError, require
 from tune_mnist.files import check_folder, read_table
 from tune_mnist.studies import Study, budget, registry
@@ -153,7 +153,7 @@ def export(args: argparse.Namespace) -> int:
 
 
 def redraw(args: argparse.Namespace) -> int:
-    for path in report.redraw(args.run_dir):
+    for path in studies.redraw(args.run_dir):
         print(path)
     return 0
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None, check_only: bool = False) -> int:
         if args.command in ("export", "report"):
             if args.command == "export" and args.format == "onnx":
                 models.check_onnx()  # a missing package is said before the run is read
-            report.finished_run(args.run_dir)  # a damaged run is refused before anything is read or written
+            studies.finished_run(args.run_dir)  # a damaged run is refused before anything is read or written
             return 0 if check_only else {"export": export, "report": redraw}[args.command](args)
         study = STUDIES[args.command]
         s, run_dir = validate(study, args)
