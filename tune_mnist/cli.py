@@ -21,7 +21,7 @@ from tune_mnist import report, runs, settings, storage
 from tune_mnist.errors import UserError, require
 from tune_mnist.files import read_table
 from tune_mnist.studies import budget, registry
-from tune_mnist.tuning import cluster, runner
+from tune_mnist.tuning import cluster, runner, search
 
 STUDIES = registry()
 RESOURCES = ("address", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
@@ -84,6 +84,7 @@ def run_study(args: argparse.Namespace) -> int:
     shared = storage.for_run(s.storage, study.NAME, run_dir) if s.storage else ""
     if args.resume:
         runner.check_checkpoints(shared or str(run_dir))
+        search.check_state(shared or str(run_dir))
     data = mnist.subset(mnist.load(s.data or None), s.train_limit or None, s.eval_limit or None)
     local_gpu = s.address == "local" and not args.resume and cluster.local_gpu()
     s = on_gpus() if local_gpu else s
