@@ -44,14 +44,14 @@ def loss(member: dict, epoch: int, rng: random.Random) -> float:
 
 
 def populations(P: int, trials: int, size: int, epochs: int, folder: Path, seed: int, **options
-                ) -> tuple[float, optuna.Study]:
+                ) -> tuple[float, float, optuna.Study]:
     """PopulationSearch as Ray Tune drives it: suggest, a result an epoch, complete. With strata, halving ranks
     each stratum's members among themselves."""
     searcher = search.PopulationSearch(functools.partial(budget.define_space, P=P, space=SPACE),
                                        functools.partial(budget.define_population, P=P, space=SPACE),
                                        n_trials=trials, size=size, journal_path=folder / "optuna.journal",
                                        study_name="driver", shared={}, seed=seed, **options)
-    keep, rng, start = budget.halving(1, 2, epochs), random.Random(seed), time.perf_counter()
+    keep, rng, start, cpu = budget.halving(1, 2, epochs), random.Random(seed), time.perf_counter(), time.process_time()
     for number in range(trials):
         config = searcher.suggest(f"t{number}")
         if config == searcher.FINISHED:
@@ -67,15 +67,15 @@ def populations(P: int, trials: int, size: int, epochs: int, folder: Path, seed:
                                            for i in alive})
             alive = [i for i in alive if i in kept]
             (searcher.on_trial_result if epoch < epochs else searcher.on_trial_complete)(f"t{number}", result)
-    return time.perf_counter() - start, searcher.study
+    return time.perf_counter() - start, time.process_time() - cpu, searcher.study
 
 
-def optuna_loop(P: int, trials: int, epochs: int, folder: Path, seed: int) -> tuple[float, optuna.Study]:
+def optuna_loop(P: int, trials: int, epochs: int, folder: Path, seed: int) -> tuple[float, float, optuna.Study]:
     """Optuna alone, one trial at a time, its successive-halving pruner stopping trials at the same rungs."""
     study = optuna.create_study(storage=search.journal(folder / "optuna.journal"), study_name="driver",
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2))
-    rng, start = random.Random(seed), time.perf_counter()
+    rng, start, cpu = random.Random(seed), time.perf_counter(), time.process_time()
     for _ in range(trials):
         trial = study.ask()
         member = budget.define_space(trial, P, SPACE)
@@ -87,7 +87,7 @@ def optuna_loop(P: int, trials: int, epochs: int, folder: Path, seed: int) -> tu
                 state = optuna.trial.TrialState.PRUNED
                 break
         study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
-    return time.perf_counter() - start, study
+    return time.perf_counter() - start, time.process_time() - cpu, study
 
 
 def main() -> None:
@@ -109,25 +109,27 @@ def main() -> None:
         "ours, shape round-robin": functools.partial(populations, args.P, args.trials, args.population, args.epochs,
                                                      strata=SHAPES),
     }
-    seconds, best = {name: [] for name in runs}, {name: [] for name in runs}
+    seconds, cpu, best = ({name: [] for name in runs} for _ in range(3))
     for seed in range(args.seeds):
         for i, (name, run) in enumerate(runs.items()):
             (folder / f"{i}-{seed}").mkdir()
-            elapsed, study = run(folder / f"{i}-{seed}", seed)
+            elapsed, used, study = run(folder / f"{i}-{seed}", seed)
             seconds[name].append(elapsed)
+            cpu[name].append(used)
             best[name].append(study.best_value)
             complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             shapes = Counter(t.params.get("shape", "uniform") for t in complete)
-            print(f"seed {seed}  {name}: {elapsed:.1f} s of the driver, best val loss {study.best_value:.4f}, "
-                  f"finished per shape {dict(sorted(shapes.items()))}", flush=True)
+            print(f"seed {seed}  {name}: {elapsed:.1f} s of the driver ({used:.1f} s CPU), best val loss "
+                  f"{study.best_value:.4f}, finished per shape {dict(sorted(shapes.items()))}", flush=True)
     for name in runs:
-        print(f"{name}: {sum(seconds[name]) / args.seeds:.1f} s for {args.trials} trials, best val loss "
-              f"{stats.mean_interval(best[name])}", flush=True)
+        print(f"{name}: {sum(seconds[name]) / args.seeds:.1f} s ({sum(cpu[name]) / args.seeds:.1f} s CPU) for "
+              f"{args.trials} trials, best val loss {stats.mean_interval(best[name])}", flush=True)
     loop = "Optuna's own loop"
-    print(f"ours / {loop}: {sum(seconds['ours']) / sum(seconds[loop]):.2f} of its driver time", flush=True)
+    print(f"ours / {loop}: {sum(seconds['ours']) / sum(seconds[loop]):.2f} of its driver time "
+          f"({sum(cpu['ours']) / sum(cpu[loop]):.2f} of its CPU time)", flush=True)
     for other in ("TPE member by member", "Optuna's own loop", "ours, shape round-robin"):
-        print(f"best val loss, {other} minus ours, paired by seed: {stats.paired_difference(best[other], best['ours'])}",
-              flush=True)
+        difference = stats.paired_difference(best[other], best["ours"])
+        print(f"best val loss, {other} minus ours, paired by seed: {difference}", flush=True)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,18 @@ def test_population_tpe_draws_what_tpe_asked_member_by_member_draws_and_fits_onc
     assert len(fits) == 4, "a new finished trial: fitted again"
 
 
+def test_a_long_history_is_modelled_on_its_best_trials_however_old():
+    """600 trials: the 20 best (x near 0.8) came first, the 580 since all near x = 0.2: TPE still draws near 0.8."""
+    study = optuna.create_study(sampler=PopulationTPE(seed=0))
+    rng = random.Random(0)
+    for number in range(600):
+        x = 0.8 + 0.02 * rng.random() if number < 20 else 0.2 * rng.random() + 0.1
+        study.add_trial(optuna.trial.create_trial(params={"x": x}, value=(x - 0.8) ** 2,
+                                                  distributions={"x": optuna.distributions.FloatDistribution(0, 1)}))
+    drawn = [study.ask().suggest_float("x", 0.0, 1.0) for _ in range(100)]
+    assert statistics.median(drawn) > 0.7
+
+
 def test_strata_give_every_population_each_value_equally_and_tpe_models_the_rest(tmp_path):
     def shaped(trial):
         return {**define(trial), "shape": trial.suggest_categorical("shape", ["a", "b", "c"])}
@@ -201,7 +213,8 @@ def test_strata_give_every_population_each_value_equally_and_tpe_models_the_rest
 def test_weight_decay_off_or_a_log_range_in_one_define_by_run_space(tmp_path):
     def with_decay(trial):
         on = trial.suggest_categorical("weight_decay_on", [True, False])
-        return {**define(trial), "weight_decay": trial.suggest_float("weight_decay", 1e-7, 1e-3, log=True) if on else 0.0}
+        decay = trial.suggest_float("weight_decay", 1e-7, 1e-3, log=True) if on else 0.0
+        return {**define(trial), "weight_decay": decay}
 
     search = searcher(tmp_path, n_trials=48, size=8, define=with_decay)
     rng, handed = random.Random(0), []

@@ -104,34 +104,46 @@ def drop_torn_tail(path: Path) -> None:
 
 
 class PopulationTPE(optuna.samplers.TPESampler):
-    """Optuna's TPE, fitted once per history and drawn from in batches.
+    """Optuna's TPE, fitted once per history on its best and most recent trials, and drawn from in batches.
 
     A population's members are all asked before any of them reports, so TPE (without the constant liar, which
     models running trials) sees the same finished trials for each: one fit of its two Parzen estimators serves
     every member, and each member's values are still TPE's own choice, the best of n_ei_candidates draws by
-    l(x)/g(x). The draws of `batch` members are made and scored in one numpy call; a fit and the draws left
-    from it are dropped as soon as another trial finishes. The same distribution as asking TPE member by member
-    with the same history, at a cost that grows with the history only through numpy."""
+    l(x)/g(x). The draws of `batch` members are made and scored in one numpy call; a fit and the draws left from
+    it are dropped as soon as another trial finishes. The fit models at most `best` + `recent` finished trials:
+    the `best` first by TPE's own ranking (l(x) is fitted on at most 25 of them) and the `recent` newest of the
+    others, so that a member's cost stops growing with the history."""
 
-    def __init__(self, seed: int | None = None, batch: int = 32, **kwargs: Any):
+    def __init__(self, seed: int | None = None, batch: int = 32, best: int = 64, recent: int = 192, **kwargs: Any):
         super().__init__(seed=seed, constant_liar=False, **kwargs)
-        self.batch = batch
+        self.batch, self.best, self.recent = batch, best, recent
+        self.history: list[optuna.trial.FrozenTrial] = []  # the finished trials when the trial being sampled began
         self.fits: dict[tuple, Any] = {}  # (finished trials, search space) -> Parzen estimators
         self.draws: dict[tuple, list[dict[str, Any]]] = {}  # same key -> values drawn, not yet handed out
 
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        super().before_trial(study, trial)
+        self.history = study.get_trials(deepcopy=False, states=FINISHED)
+
     def _sample(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
                 search_space: dict[str, optuna.distributions.BaseDistribution]) -> dict[str, Any]:
-        history = study.get_trials(deepcopy=False, states=FINISHED)
-        key = (len(history), tuple(search_space.items()))
+        key = (len(self.history), tuple(search_space.items()))
         if not self.draws.get(key):
             if key not in self.fits:
-                self.fits = {k: v for k, v in self.fits.items() if k[0] == len(history)}
-                self.draws = {k: v for k, v in self.draws.items() if k[0] == len(history)}
-                below, above = _split_trials(study, history, (self._gamma or default_gamma)(len(history)))
-                self.fits[key] = (self._build_parzen_estimator(study, search_space, below, handle_below=True),
-                                  self._build_parzen_estimator(study, search_space, above, handle_below=False))
+                self.fits = {k: v for k, v in self.fits.items() if k[0] == key[0]}
+                self.draws = {k: v for k, v in self.draws.items() if k[0] == key[0]}
+                self.fits[key] = self.fit(study, search_space)
             self.draws[key] = self.draw(*self.fits[key], search_space)
         return self.draws[key].pop()
+
+    def fit(self, study: optuna.Study, search_space: dict[str, optuna.distributions.BaseDistribution]
+            ) -> tuple[Any, Any]:
+        """TPE's l(x), on the best of the modelled trials, and g(x), on the others."""
+        best, others = _split_trials(study, self.history, self.best)
+        modelled = sorted(best + others[len(others) - self.recent:], key=lambda t: t.number)
+        below, above = _split_trials(study, modelled, (self._gamma or default_gamma)(len(modelled)))
+        return (self._build_parzen_estimator(study, search_space, below, handle_below=True),
+                self._build_parzen_estimator(study, search_space, above, handle_below=False))
 
     def draw(self, below: Any, above: Any, search_space: dict[str, optuna.distributions.BaseDistribution]
              ) -> list[dict[str, Any]]:
@@ -216,7 +228,7 @@ class PopulationSearch(Searcher):
         self._studies: dict[str, optuna.Study] = {}
         self._journal: BatchedJournal | None = None  # both studies' journal, opened with the first study
         self._storage: optuna.storages.JournalStorage | None = None
-        self._trials: dict[tuple[str, int], optuna.Trial] = {}  # running trials by (study, number), to report to
+        self._trials: dict[tuple[str, int], optuna.Trial | None] = {}  # by (study, number): running, or None
 
     def open(self, name: str, seed: int) -> optuna.Study:
         """A study, opened when first needed: the Tuner pickles its searcher, and a storage's file handles do not."""
@@ -250,12 +262,11 @@ class PopulationSearch(Searcher):
 
     def trial(self, study: optuna.Study, number: int) -> optuna.Trial | None:
         """The running trial of this number; None once it has finished."""
-        if (study.study_name, number) not in self._trials:
+        key = (study.study_name, number)
+        if key not in self._trials:
             frozen = study.get_trials(deepcopy=False)[number]
-            if frozen.state != TrialState.RUNNING:
-                return None
-            self._trials[study.study_name, number] = optuna.Trial(study, frozen._trial_id)
-        return self._trials[study.study_name, number]
+            self._trials[key] = optuna.Trial(study, frozen._trial_id) if frozen.state == TrialState.RUNNING else None
+        return self._trials[key]
 
     def member(self, trial: optuna.Trial, population: int) -> dict[str, Any]:
         """A member's config entry, from its trial (asked again, a parameter returns its sampled value)."""
@@ -288,7 +299,7 @@ class PopulationSearch(Searcher):
     def tell(self, study: optuna.Study, number: int, state: TrialState, value: float | None = None) -> None:
         if self.trial(study, number) is not None:  # a trial is told once, whatever Ray repeats after a resume
             study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
-            self._trials.pop((study.study_name, number))
+            self._trials[study.study_name, number] = None
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         self.take(trial_id, result)
