@@ -208,8 +208,8 @@ class PopulationSearch(Searcher):
     of the populations' study, then enqueued into each member); n_trials: Optuna trials in all; journal_path,
     study_name: where the studies live; shared: config keys every Ray trial gets; strata: parameters fixed per
     member, round-robin, so that every population holds each combination of their values equally often (member i
-    of a population gets combination i mod their number, enqueued like the shared values; TPE models the rest);
-    sampler: the studies' sampler, from a seed."""
+    of a population gets combination i mod the number of combinations, in itertools.product's order, enqueued
+    like the shared values; TPE models the rest); sampler: the studies' sampler, from a seed."""
 
     CKPT_FILE_TMPL = STATE  # the file Ray's save_to_dir writes and restore_from_dir reads
 
