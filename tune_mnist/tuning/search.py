@@ -43,7 +43,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would d
 # run folder may have moved since
 JOURNALS: dict[str, Path] = {}
 POPULATION = "population"  # a member trial's user attribute: the number of its population's trial
-STATE = "population-search-{}.json"  # the searcher's state in an experiment folder, one per Ray session
+STATE = "population-search-{}.json"  # the searcher's state in an experiment folder, named by Ray's start time
 LEGACY_STATE = "searcher-state-"  # the pickle earlier versions wrote there: never read
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
