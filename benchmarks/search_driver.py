@@ -59,9 +59,10 @@ def populations(P: int, trials: int, size: int, epochs: int, folder: Path, seed:
         members, alive = config["members"], list(range(len(config["members"])))
         for epoch in range(1, epochs + 1):
             losses = {i: loss(members[i], epoch, rng) for i in alive}
-            strata = [[i for i in alive if not options.get("strata") or members[i]["shape"] == s]
-                      for s in (SHAPES["shape"] if options.get("strata") else [None])]
-            kept = {part[j] for part in strata if part for j in keep(epoch, [{"val_loss": losses[i]} for i in part])}
+            families: dict[str, list[int]] = {}  # halving's groups: a shape family each with strata, else one
+            for i in alive:
+                families.setdefault(members[i]["shape"] if "strata" in options else "", []).append(i)
+            kept = {part[j] for part in families.values() for j in keep(epoch, [{"val_loss": losses[i]} for i in part])}
             result = report_format.encode({i: {"epoch": epoch, "val_loss": losses[i],
                                                **({"stopped_early": 1} if i not in kept and epoch < epochs else {})}
                                            for i in alive})
