@@ -35,7 +35,7 @@ from tune_mnist.tuning import cluster, runner, trial
 from tune_mnist.warmup import compile_ahead
 
 NAME = "scaling"
-HELP = "CNN width x dataset fraction grid: power laws of test loss in width and data, and data or width at equal compute"
+HELP = "CNN width x dataset fraction grid: power laws of test loss in width and data; data or width at equal compute"
 
 
 @dataclass

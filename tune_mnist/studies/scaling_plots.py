@@ -14,6 +14,7 @@ from tune_mnist import plots
 from tune_mnist.files import save_figure
 
 LOSS = "test loss (cross-entropy, nats)"
+METRICS = ["final_train_loss", "test_loss", "final_train_acc", "test_acc"]  # the heatmaps' panels
 
 
 def tick(value: float) -> str:
@@ -157,14 +158,13 @@ def draw(ok: pd.DataFrame, fitted: dict[str, tuple[str, Any]], compared: pd.Data
         both = ok[ok["width"].isin(check_widths)]
         full = both[(both["budget"] == "epochs") & (both["fraction"] == main["fraction"].max())]
         both = pd.concat([both, full.assign(budget="steps")])  # the largest fraction's cell serves both budgets
-        series = cell_means(both.assign(series=[f"width {w}, equal {b}" for w, b in zip(both["width"], both["budget"])]),
-                            ["series", "fraction"], ["test_loss"])
+        named = both.assign(series=[f"width {w}, equal {b}" for w, b in zip(both["width"], both["budget"])])
+        series = cell_means(named, ["series", "fraction"], ["test_loss"])
         plots.lines(out / "budget_check.png", series, "fraction", ["test_loss"], "series", yerr=["test_loss_sd"],
                     logx=True, logy=True, title="Check: test loss against data at equal epochs and at equal steps")
         drawn.append(("budget_check.png", "The check: test loss against training fraction at equal epochs and at "
                                           "equal steps"))
-    heatmaps(out / "heatmaps.png", main, "width", "fraction", ["final_train_loss", "test_loss", "final_train_acc",
-                                                               "test_acc"],
+    heatmaps(out / "heatmaps.png", main, "width", "fraction", METRICS,
              title="Model width x training fraction (mean over seeds)")
     cells["log2_compute"] = np.log2(cells["compute"])
     plots.lines(out / "test_loss_vs_compute.png", cells, "log2_compute", ["test_loss"], "width",

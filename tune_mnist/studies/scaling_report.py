@@ -19,8 +19,6 @@ from tune_mnist.files import read_table
 from tune_mnist.studies import scaling_plots
 
 QUESTION = "How does a CNN's test loss scale with its width and with the amount of training data?"
-METRICS = ["final_train_loss", "test_loss", "final_train_acc", "test_acc"]
-LOSS = "test loss (cross-entropy, nats)"
 TERMS = {"width": ("A", "alpha"), "fraction": ("B", "beta")}  # each single law's coefficient and exponent
 FIT = ["rmse", "lack_of_fit_F", "lack_of_fit_p", "lack_of_fit_df", "pure_error_df", "systematic", "E_at_bound",
        "rejected"]
@@ -119,10 +117,9 @@ def drawn_laws(fitted: pd.DataFrame) -> dict[str, tuple[str, laws.PowerLaw | law
     for fit in ("width", "fraction", "joint"):
         row = row_of(fitted, fit)
         if not row["reason"]:
-            other = "fraction" if fit == "width" else "width"
-            found[fit] = (("joint law (rejected by its fit test)" if row["rejected"] else "joint law")
-                          if fit == "joint" else f"power law in {fit} ({other} {row['held'].split(' = ')[1]})",
-                          fitted_law(row))
+            name = (("joint law (rejected by its fit test)" if row["rejected"] else "joint law") if fit == "joint"
+                    else f"power law in {fit} ({row['held']})")
+            found[fit] = (name, fitted_law(row))
     return found
 
 
