@@ -157,6 +157,7 @@ def test_smoke_run_trains_every_cell_and_states_its_seeds_fit_and_method(scaling
     assert (grid["population"] == 3).all() and (grid.groupby(["width", "fraction"])["seed"].nunique() == 3).all()
     assert (grid["epochs_run"] == 1).all() and (grid["n_train"] == (grid["fraction"] * 4000).round()).all()
     assert (check["steps"] >= 16).all() and (check["width"] == 3).all()  # the largest fraction's 2,000 images: 16
+    assert len(list((scaling_run / "tensorboard").glob("*/trial_*/m*/events.out.tfevents*"))) == 33, "a run per net"
     by_fraction = grid.groupby("fraction")["test_loss"].mean()
     assert by_fraction[0.5] < by_fraction[0.125]  # more data (and so more steps) lowers test loss
     fits = scaling_report.read_fits(scaling_run)
@@ -185,7 +186,7 @@ def test_a_cells_seeds_trained_together_equal_each_trained_alone(scaling_run, re
     answer = (alone / "REPORT.md").read_text().split("## Answer")[1].split("##")[0]
     assert "was not fitted: needs at least 3 widths" in answer and "cannot say which pays more" in answer
     assert cli.main(["scaling", "--resume", str(alone)]) == 0  # a finished run: nothing trains again
-    assert len(list((alone / "tune").glob("*/trial_*/events.out.tfevents*"))) == 5, "no run twice"  # lone nets: Ray's runs
+    assert len(list((alone / "tensorboard").glob("*/trial_*/m*/events.out.tfevents*"))) == 5, "no run twice"
 
 
 @pytest.mark.slow

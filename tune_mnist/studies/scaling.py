@@ -141,7 +141,7 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
                                 "width": tune.grid_search(s.check_widths), "fraction": tune.grid_search(smaller)}
     frame = pd.concat([runner.populations(trainable, run_dir, name, res, data, space, groups=groups,
                                           keep=["width", "fraction", "budget"], shown=["width", "fraction"],
-                                          tensorboard=run_dir / "tensorboard", metric="test_loss")
+                                          tensorboard=run_dir / "tensorboard" / name, metric="test_loss", prune=True)
                        for name, space in experiments.items()], ignore_index=True)
     require(len(scaling_report.finished(frame)) > 0,
             "no run of the grid trained to the end: see the error column of results.csv")
