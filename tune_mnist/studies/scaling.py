@@ -23,7 +23,7 @@ import torch
 from ray import tune
 
 from tune_mnist import models
-from tune_mnist.data import Mnist, subset, to_device
+from tune_mnist.data import DeviceSplit, Mnist, subset, to_device
 from tune_mnist.errors import require
 from tune_mnist.files import write_csv
 from tune_mnist.population import Member
@@ -112,14 +112,15 @@ def kernels(s: Settings, data: Mnist, wait: bool) -> None:
     """Compiles every width's fused conv kernels on each fraction's training subset (some specialise on its size)."""
     train = to_device(data, "cuda")["train"]
     for f in s.fractions:
-        split = type(train)(train.x[:n_train(f, len(train))], train.y[:n_train(f, len(train))])
+        n = n_train(f, len(train))
+        split = DeviceSplit(train.x[:n], train.y[:n])
         compile_ahead([Member(net(w, s.activation)) for w in s.widths], split, training(s), wait)
 
 
 def prepare(s: Settings, data: Mnist) -> None:
-    """Before Ray starts: on this machine's GPU, every width's kernels start compiling (each width has its own), so
-    that they compile while Ray starts and no trial waits for them; run waits for them."""
-    if torch.cuda.is_available():
+    """Before Ray starts: where the trials run on this machine's GPU, every width's kernels start compiling (each width
+    has its own), so that they compile while Ray starts and no trial waits for them; run waits for them."""
+    if torch.cuda.is_available() and s.address == "local":
         kernels(s, data, wait=False)
 
 
