@@ -11,6 +11,7 @@ the data or the next width (about twice the compute either way) lowers the test 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -22,13 +23,14 @@ import pandas as pd
 import torch
 from ray import tune
 
-from tune_mnist import models
 from tune_mnist.data import DeviceSplit, Mnist, subset, to_device
 from tune_mnist.errors import require
 from tune_mnist.files import write_csv
 from tune_mnist.population import Member
-from tune_mnist.settings import Common
-from tune_mnist.studies import scaling_report
+from tune_mnist.runs import Table
+from tune_mnist.settings import (Activation, Common, Fraction, NonEmpty, NonNegative, Optimizer, Positive,
+                                 PositiveInt, Seed)
+from tune_mnist.studies import Study, scaling_report
 from tune_mnist.studies.scaling_report import report
 from tune_mnist.train import TrainConfig
 from tune_mnist.tuning import cluster, runner, trial
@@ -40,31 +42,23 @@ HELP = "CNN width x dataset fraction grid: power laws of test loss in width and 
 
 @dataclass
 class Settings(Common):
-    widths: list[int]
-    fractions: list[float]
-    seeds: int
-    master_seed: int
-    epochs: int
-    check_widths: list[int]
-    batch_size: int
-    optimizer: str
-    lr: float
-    weight_decay: float
-    activation: str
+    widths: NonEmpty[PositiveInt]
+    fractions: NonEmpty[Fraction]
+    seeds: PositiveInt
+    master_seed: Seed
+    epochs: PositiveInt
+    check_widths: list[PositiveInt]
+    batch_size: PositiveInt
+    optimizer: Optimizer
+    lr: Positive
+    weight_decay: NonNegative
+    activation: Activation
 
 
 def check(s: Settings) -> None:
-    require(len(s.widths) > 0 and len(s.fractions) > 0, "the widths and fractions grids must not be empty")
-    require(all(w >= 1 for w in s.widths), f"widths must be >= 1, got {s.widths}")
-    for f in s.fractions:
-        require(0 < f <= 1, f"fraction {f} is outside (0, 1]")
     require(len(set(s.widths)) == len(s.widths) and len(set(s.fractions)) == len(s.fractions),
             "--widths and --fractions must not repeat a value")
     require(set(s.check_widths) <= set(s.widths), f"--check-widths {s.check_widths} must be among --widths")
-    require(s.seeds >= 1, f"--seeds must be >= 1, got {s.seeds}")
-    require(s.epochs >= 1, f"--epochs must be >= 1, got {s.epochs}")
-    require(s.batch_size >= 1, f"--batch-size must be >= 1, got {s.batch_size}")
-    require(s.activation in models.ACTIVATIONS, f"unknown activation {s.activation!r}")
 
 
 def macs(width: int) -> int:
@@ -87,13 +81,14 @@ def net(width: int, activation: str) -> dict[str, Any]:
 def trainable(config: dict[str, Any], data: Mnist) -> None:
     """A cell's seeds on the cell's training subset, drawn with the master seed: the same for every seed of the
     cell and nested across fractions, so seeds vary initialisation and data order only. Budget "epochs": the cell
-    trains config["epochs"] epochs; "steps": as many epochs as reach config["steps"] steps."""
+    trains the settings' epochs; "steps": as many epochs as reach config["steps"] steps."""
+    train = TrainConfig(**config["train"])
     n = n_train(config["fraction"], len(data.train_x))
-    per_epoch = steps_per_epoch(n, config["batch_size"])
-    epochs = config["epochs"] if config["budget"] == "epochs" else math.ceil(config["steps"] / per_epoch)
+    per_epoch = steps_per_epoch(n, train.batch_size)
+    epochs = train.epochs if config["budget"] == "epochs" else math.ceil(config["steps"] / per_epoch)
     members = [Member(net(config["width"], config["activation"]), seed=m["seed"], lr=config["lr"],
                       weight_decay=config["weight_decay"]) for m in config["members"]]
-    cfg = TrainConfig.from_config({**config, "epochs": epochs, "eval_every": epochs})
+    cfg = dataclasses.replace(train, epochs=epochs, eval_every=epochs)
     extra = {"n_train": n, "epochs_run": epochs, "steps": epochs * per_epoch,
              "compute": macs(config["width"]) * n * epochs}
     trial.train(subset(data, n_train=n, seed=config["master_seed"]), members, cfg, extra)
@@ -104,17 +99,13 @@ def seeds_for(s: Settings) -> list[int]:
     return [rng.randrange(2**31) for _ in range(s.seeds)]
 
 
-def training(s: Settings) -> TrainConfig:
-    return TrainConfig(epochs=s.epochs, batch_size=s.batch_size, optimizer=s.optimizer)
-
-
 def kernels(s: Settings, data: Mnist, wait: bool) -> None:
     """Compiles every width's fused conv kernels on each fraction's training subset (some specialise on its size)."""
     train = to_device(data, "cuda")["train"]
     for f in s.fractions:
         n = n_train(f, len(train))
         split = DeviceSplit(train.x[:n], train.y[:n])
-        compile_ahead([Member(net(w, s.activation)) for w in s.widths], split, training(s), wait)
+        compile_ahead([Member(net(w, s.activation)) for w in s.widths], split, TrainConfig.from_settings(s), wait)
 
 
 def prepare(s: Settings, data: Mnist) -> None:
@@ -130,8 +121,8 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
         kernels(s, data, wait=True)
         print(f"[scaling] kernels of {len(s.widths)} widths ready ({time.perf_counter() - start:.1f} s waited once "
               "Ray was up)", flush=True)
-    fixed = {"batch_size": s.batch_size, "optimizer": s.optimizer, "lr": s.lr, "weight_decay": s.weight_decay,
-             "activation": s.activation, "epochs": s.epochs, "master_seed": s.master_seed}
+    fixed = {"train": TrainConfig.from_settings(s).as_dict(), "lr": s.lr, "weight_decay": s.weight_decay,
+             "activation": s.activation, "master_seed": s.master_seed}
     groups = [[{"seed": seed} for seed in seeds_for(s)]]
     largest = n_train(max(s.fractions), len(data.train_x))
     experiments = {"grid": {**fixed, "budget": "epochs", "width": tune.grid_search(s.widths),
@@ -154,3 +145,17 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
             write_csv(run_dir / name, table)
     report(run_dir)
     return scaling_report.summary(answers)
+
+
+def tables(s: Settings) -> list[Table]:
+    checked = len(s.check_widths) * (len(s.fractions) - 1) * s.seeds
+    runs = len(s.widths) * len(s.fractions) * s.seeds + checked
+    return [Table("results.csv", ("width", "fraction", "budget", "seed", "test_loss", "test_acc", "final_train_loss",
+                                  "final_train_acc", "params", "n_train", "steps", "compute", "residual", "error"),
+                  range(runs, runs + 1), finite=("test_loss", "test_acc", "final_train_loss", "compute")),
+            Table("fits.csv", tuple(scaling_report.LAWS), range(3, 3 + 2 * len(s.check_widths) + 1)),
+            Table("equal_compute.csv", ("metric", "width", "fraction", "wider", "more_data", "compute_ratio",
+                                        *scaling_report.COMPARISON, "better"), range(0, 2**63))]
+
+
+STUDY = Study(NAME, HELP, __doc__, Settings, check, run, report, tables, prepare)
