@@ -275,6 +275,7 @@ def largest_steps(ok: pd.DataFrame) -> int:
 
 def method(ok: pd.DataFrame, settings: dict[str, Any]) -> str:
     widths = sorted(ok.loc[ok["budget"] == "steps", "width"].unique())
+    times = "once" if settings["epochs"] == 1 else f"{settings['epochs']} times"
     check = (f"The check trains width{'s' if len(widths) > 1 else ''} {', '.join(map(str, widths))} again at equal "
              f"steps: every fraction {largest_steps(ok):,} steps (rounded up to whole epochs), what the largest "
              "fraction trains, so that more distinct images are compared at one training length. "
@@ -283,7 +284,7 @@ def method(ok: pd.DataFrame, settings: dict[str, Any]) -> str:
         f"**Grid.** CNN widths x nested subsets of the training split (drawn with the master seed), "
         f"{settings['seeds']} seeds a cell; a cell's seeds train together as one population and differ in "
         "initialisation and data order only. **Budget: equal epochs.** Every cell passes over its own images "
-        f"{settings['epochs']} times, so twice the data trains twice the steps and costs twice the compute (forward "
+        f"{times}, so twice the data trains twice the steps and costs twice the compute (forward "
         f"multiply-adds x images seen; the next width costs about twice as much too). {check}"
         "**Fits.** Power laws in width (at the largest fraction) and in fraction (at the widest width) by least "
         "squares in logs; the joint law L = E + A·w^−α + B·f^−β fitted robustly (Huber loss of log residuals "
