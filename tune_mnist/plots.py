@@ -101,7 +101,7 @@ def panels(path: Path, frame: pd.DataFrame, panel: str, x: str, y: str, *, yerr:
     cols = min(len(keys), 3)
     rows = -(-len(keys) // cols)
     fig, axes = pyplot().subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False, sharey=True,
-                                   layout="constrained")
+                                  layout="constrained")
     for ax, key in zip(axes.flat, keys):
         part = frame[frame[panel] == key].sort_values(x)
         ax.errorbar(part[x], part[y], yerr=part[yerr] if yerr else None, marker="o", capsize=3)
@@ -166,7 +166,7 @@ def grouped_lines(path: Path, frame: pd.DataFrame, panel: str, x: str, y: str, g
     """One subplot per value of `panel`, a line (with error bars) per value of `group`: groups compared in a panel."""
     keys = sorted(frame[panel].unique())
     fig, axes = pyplot().subplots(1, len(keys), figsize=(5.5 * len(keys), 4.5), squeeze=False, sharey=True,
-                                   layout="constrained")
+                                  layout="constrained")
     for ax, key in zip(axes.flat, keys):
         for name, part in frame[frame[panel] == key].groupby(group, sort=True):
             part = part.sort_values(x)
@@ -184,7 +184,7 @@ def interval_points(path: Path, frame: pd.DataFrame, x: str, group: str, measure
     order) a point with its interval for each value of `group`, side by side."""
     xs, groups = list(dict.fromkeys(frame[x])), sorted(frame[group].unique())
     fig, axes = pyplot().subplots(1, len(measures), figsize=(max(5.5, 1.1 * len(xs) + 3) * len(measures), 4.5),
-                                   squeeze=False, layout="constrained")
+                                  squeeze=False, layout="constrained")
     for ax, (mean, low, high, label) in zip(axes.flat, measures):
         for i, key in enumerate(groups):
             part = frame[frame[group] == key].set_index(x).reindex(xs)
