@@ -78,6 +78,8 @@ def test_real_process_exit_code_and_single_line(tmp_path):
     (["corruption", "--families", "rnn"], "unknown model family 'rnn'"),
     (["corruption", "--activations", "swish"], "unknown activation 'swish'"),
     (["corruption", "--repeats", "0"], "--repeats must be >= 1"),
+    (["corruption", "--p", "0.2", "0.5"], "--p must include 0"),
+    (["corruption", "--lrs", "0.001", "0"], "--lrs must be > 0"),
     (["scaling", "--fractions", "0"], "fraction 0.0 is outside (0, 1]"),
     (["scaling", "--fractions", "1.5"], "outside (0, 1]"),
     (["scaling", "--widths", "0"], "widths must be >= 1"),

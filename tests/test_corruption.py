@@ -189,7 +189,7 @@ def test_report_from_the_csvs_holds_the_method_and_the_answers(tmp_path):
     answer = text.split("## Answer", 1)[1].split("\n## ", 1)[0]
     assert answer.index("**MLP.**") < answer.index("**CNN.**") and "has the highest retention" in answer
     method = text.split("## Method", 1)[1].split("\n## ", 1)[0]
-    for phrase in ("seeds 10", "paired t-test", "Holm", "Power:", "with 80% power", "Seeds 0–9",
+    for phrase in ("seeds 10", "paired t-test", "Holm", "Power:", "80% power at the 5% level", "Seeds 0–9",
                    "highest mean validation accuracy", "At the edge of the sweep"):
         assert phrase in method, phrase
     figures = re.findall(r"!\[[^]]+\]\(([^)]+)\)", text)

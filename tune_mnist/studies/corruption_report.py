@@ -179,7 +179,8 @@ def write_answers(run_dir: Path, per_run: pd.DataFrame) -> dict[str, Any]:
         best = part.iloc[0]
         found[f"{family}_most_robust"] = best["activation"]
         found[f"{family}_retention"] = f"{best['mean']:.4f}[{best['mean_low']:.4f},{best['mean_high']:.4f}]"
-        found[f"{family}_not_separated"] = ",".join(part["activation"].iloc[1:][part["not_separated"].iloc[1:]]) or "none"
+        others = part.iloc[1:]
+        found[f"{family}_not_separated"] = ",".join(others[others["not_separated"]]["activation"]) or "none"
     return found
 
 
@@ -219,46 +220,47 @@ def answer(family: str, ranked: pd.DataFrame, compared: pd.DataFrame) -> str:
                    "first place not separated from the next is no verdict.")
 
 
+def seeds(first: int, count: int) -> str:
+    return f"{first}" if count == 1 else f"{first}–{first + count - 1}"
+
+
 def method(s: dict[str, Any], lrs: pd.DataFrame, compared: pd.DataFrame) -> str:
     """The Method section: what was compared on which seeds, how the lr was chosen, the test, the correction,
     what the intervals cover, and the power."""
-    grid = ", ".join(f"{p:g}" for p in sorted(s["p"]))
     chosen = lrs[lrs["chosen"]]
     given = ", ".join(f"{r.family} {r.activation} {r.lr:g}" for r in chosen.itertuples())
     if len(set(s["lrs"])) > 1:
-        seeds = f"{s['repeats']}–{s['repeats'] + s['sweep_seeds'] - 1}" if s["sweep_seeds"] > 1 else f"{s['repeats']}"
         lr = (f"**Learning rate.** Each family and activation trained at p = 0 with every lr of "
-              f"{', '.join(f'{v:g}' for v in s['lrs'])} on seeds {seeds}, used for nothing else; the lr with the "
-              f"highest mean validation accuracy was chosen (`lr.csv`): {given}.")
-        edge = chosen[chosen["at_edge"]]
-        if len(edge):
+              f"{', '.join(f'{v:g}' for v in s['lrs'])} on seeds {seeds(s['repeats'], s['sweep_seeds'])}, used for "
+              f"nothing else; the lr with the highest mean validation accuracy was chosen (`lr.csv`): {given}.")
+        if chosen["at_edge"].any():
             lr += (" At the edge of the sweep, where a wider sweep might find a better lr: "
-                   f"{', '.join(f'{r.family} {r.activation}' for r in edge.itertuples())}.")
-        missing = set(map(tuple, lrs[["family", "activation"]].values)) - set(map(tuple, chosen[
-            ["family", "activation"]].values))
+                   f"{', '.join(f'{r.family} {r.activation}' for r in chosen[chosen['at_edge']].itertuples())}.")
+        missing = [f"{f} {a}" for (f, a), arm in lrs.groupby(["family", "activation"], sort=False)
+                   if not arm["chosen"].any()]
         if missing:
-            lr += f" No lr trained without diverging for: {', '.join(' '.join(m) for m in sorted(missing))}."
+            lr += f" Every lr diverged on some seed for {', '.join(missing)}: left out of stage 2."
     else:
         lr = f"**Learning rate.** One lr was given, not tuned: {given}."
-    power = []
-    for (family, measure), part in compared.groupby(["family", "measure"], sort=False):
-        strictest = f" ({part['mde_first'].median():.2g} at the first Holm step)" if len(part) > 1 else ""
-        power.append(f"{family} {measure} {part['mde'].median():.2g}{strictest}")
-    tests = (f"**Tests.** Every activation of a family trains on the same seeds, so each pair of activations is "
-             f"compared by a paired t-test over their shared seeds, all pairs of a family and measure in one family "
-             f"of tests, Holm-corrected at the {1 - LEVEL:.0%} level. Retention is the primary measure; accuracy and loss are "
-             "each their own Holm family.")
+    tests = (f"**Estimates.** Seeds {seeds(0, s['repeats'])} at every p, with the chosen lr. Every activation of a "
+             "family trains on these same seeds, so each pair of activations is compared by a paired t-test over "
+             "their shared seeds; all pairs of a family and measure are one family of tests, Holm-corrected at the "
+             f"{1 - LEVEL:.0%} level. Retention is the primary measure; accuracy and loss are each a Holm family "
+             "of their own.")
+    power = [f"{family} {measure} {part['mde'].median():.2g}"
+             + (f" ({part['mde_first'].median():.2g} at the first Holm step)" if len(part) > 1 else "")
+             for (family, measure), part in compared.groupby(["family", "measure"], sort=False)]
     if power:
-        tests += (f" **Power:** with n = {s['repeats']} seeds, the differences the paired tests detect with 80% power "
-                  f"at the 5% level (median over pairs): {'; '.join(power)}.")
+        tests += (f" **Power:** with n = {s['repeats']} seeds, the paired tests detect differences of about (median "
+                  f"over pairs, 80% power at the 5% level): {'; '.join(power)}.")
+    epochs = f"{s['epochs']} epoch{'s' * (s['epochs'] != 1)}"
     return "\n\n".join([
-        f"**Compared.** Per family, the activations' retention (each seed's test accuracy at p divided by its clean, "
-        f"p = 0, accuracy, averaged over p = {grid} as the area under the curve over the p range), its absolute "
-        "test accuracy and its test loss averaged the same way. Every net trains "
-        f"{s['epochs']} epoch{'s' * (s['epochs'] != 1)} ({s['optimizer']}, batch {s['batch_size']}); an activation that learns more slowly "
-        "is judged at that budget. The test images are never corrupted and never used to choose anything.",
-        lr,
-        f"**Estimates.** Seeds 0–{s['repeats'] - 1} at every p, with the chosen lr. " + tests,
+        "**Compared.** Per family, the activations' retention (each seed's test accuracy at p divided by its clean, "
+        f"p = 0, accuracy, averaged over p = {', '.join(f'{p:g}' for p in sorted(s['p']))} as the area under the "
+        "curve over the p range), its absolute test accuracy and its test loss averaged the same way. Every net "
+        f"trains {epochs} ({s['optimizer']}, batch {s['batch_size']}); an activation that learns more slowly is "
+        "judged at that budget. The test images are never corrupted and never used to choose anything.",
+        lr, tests,
         "**Intervals.** 95% Student t over seeds, the independent unit: they cover what varies with the seed "
         "(initialisation, data order, corruption noise) at this lr and budget; not the uncertainty of the lr "
         "choice, other widths or training lengths, nor the sampling of the 10,000 test images every net shares."])
@@ -269,10 +271,10 @@ def method(s: dict[str, Any], lrs: pd.DataFrame, compared: pd.DataFrame) -> str:
 
 def curves(path: Path, summary: pd.DataFrame) -> None:
     """Retention (top) and test accuracy (bottom) against p, a panel per family, a line per activation (95% CI)."""
-    families = [f for f in FAMILIES if f in set(summary["family"])]
-    fig, axes = plots._pyplot().subplots(2, len(families), figsize=(5.5 * len(families), 8), squeeze=False,
-                                         sharex=True, layout="constrained")
-    for col, family in enumerate(families):
+    shown = families(summary)
+    fig, axes = plots._pyplot().subplots(2, len(shown), figsize=(5.5 * len(shown), 8), squeeze=False, sharex=True,
+                                         layout="constrained")
+    for col, family in enumerate(shown):
         for row, (value, label) in enumerate((("retention", "retention (accuracy / clean accuracy)"),
                                               ("test_acc", "test accuracy"))):
             ax = axes[row, col]
@@ -289,15 +291,14 @@ def curves(path: Path, summary: pd.DataFrame) -> None:
 
 def points(path: Path, ranked: pd.DataFrame) -> None:
     """A panel per measure: each activation's mean and 95% interval over seeds, the families side by side."""
-    families = [f for f in FAMILIES if f in set(ranked["family"])]
-    names = list(dict.fromkeys(ranked["activation"]))
+    shown, names = families(ranked), list(dict.fromkeys(ranked["activation"]))
     fig, axes = plots._pyplot().subplots(1, len(MEASURES), figsize=(max(5.0, 1.1 * len(names) + 3) * len(MEASURES),
                                                                     4.5), squeeze=False, layout="constrained")
     for ax, (measure, (label, _)) in zip(axes.flat, MEASURES.items()):
-        for i, family in enumerate(families):
+        for i, family in enumerate(shown):
             part = ranked[(ranked["family"] == family) & (ranked["measure"] == measure)].set_index("activation")
             part = part.reindex(names)
-            at = np.arange(len(names)) + (i - (len(families) - 1) / 2) * 0.2
+            at = np.arange(len(names)) + (i - (len(shown) - 1) / 2) * 0.2
             err = np.vstack([part["mean"] - part["mean_low"], part["mean_high"] - part["mean"]]).clip(min=0)
             ax.errorbar(at, part["mean"], yerr=err, fmt="o", capsize=4, label=family)
         ax.set_xticks(np.arange(len(names)), names)
@@ -310,10 +311,10 @@ def points(path: Path, ranked: pd.DataFrame) -> None:
 
 def sweep_lines(path: Path, lrs: pd.DataFrame) -> None:
     """The sweep: mean validation accuracy at p = 0 against lr, a panel per family, the chosen lr marked."""
-    families = [f for f in FAMILIES if f in set(lrs["family"])]
-    fig, axes = plots._pyplot().subplots(1, len(families), figsize=(5.5 * len(families), 4.5), squeeze=False,
+    shown = families(lrs)
+    fig, axes = plots._pyplot().subplots(1, len(shown), figsize=(5.5 * len(shown), 4.5), squeeze=False,
                                          layout="constrained")
-    for ax, family in zip(axes.flat, families):
+    for ax, family in zip(axes.flat, shown):
         for i, (name, part) in enumerate(lrs[lrs["family"] == family].groupby("activation", sort=True)):
             part = part.sort_values("lr")
             ax.plot(part["lr"], part["val_acc"], marker="o", color=f"C{i}", label=name)
