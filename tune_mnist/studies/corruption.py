@@ -182,8 +182,8 @@ def estimate(s: Settings, data: Mnist, res: cluster.Resources) -> float:
     if res.gpus_per_trial:  # trials that share a GPU take turns on it, and a population keeps it busy
         slots = min(slots, ray.cluster_resources().get("GPU", 1))
     concurrent, total = max(1, int(slots)), 0.0
-    for _, runs, size in plan:
-        trials = len(s.activations) * -(-runs // size)  # per family
+    for _, runs, size in plan:  # one stage after the other
+        trials = len(s.families) * len(s.activations) * -(-runs // size)
         total += sum(per_run[f, size] for f in s.families) * runs * len(s.activations) / min(concurrent, trials)
     grid = plan[-1]
     parts = ", ".join(f"{f} {t:.1f}s/run" if t >= 1 else f"{f} {t:.2f}s/run"

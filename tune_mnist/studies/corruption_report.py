@@ -47,12 +47,12 @@ def choose_lr(sweep: pd.DataFrame) -> pd.DataFrame:
     for (family, act), arm in sweep.groupby(["family", "activation"], sort=False):
         edges = (arm["lr"].min(), arm["lr"].max())
         part = []
-        for lr, runs_ in arm.groupby("lr"):
-            ok = runs_[runs_["error"].eq("")]
+        for lr, nets in arm.groupby("lr"):
+            ok = nets[nets["error"].eq("")]
             acc = stats.mean_interval(ok["val_acc"]).columns("val_acc") if len(ok) else dict.fromkeys(
                 ("val_acc", "val_acc_low", "val_acc_high"), math.nan)
-            part.append({"family": family, "activation": act, "lr": lr, "seeds": len(runs_), **acc,
-                         "val_loss": ok["val_loss"].mean(), "diverged": len(runs_) - len(ok)})
+            part.append({"family": family, "activation": act, "lr": lr, "seeds": len(nets), **acc,
+                         "val_loss": ok["val_loss"].mean(), "diverged": len(nets) - len(ok)})
         eligible = [r for r in part if r["diverged"] == 0]
         best = max(eligible, key=lambda r: (r["val_acc"], -r["val_loss"])) if eligible else None
         for r in part:
@@ -78,7 +78,7 @@ def per_repeat(per_run: pd.DataFrame) -> pd.DataFrame:
              "loss": stats.area_under(grid, l), "threshold": stats.threshold_crossing(grid, a, KEPT * c)}
             for a, l, c in zip(acc.to_numpy(), loss.to_numpy(), clean)]
     lr = ok["lr"].groupby(level=keys).first()
-    out = pd.DataFrame(rows, index=acc.index).join(lr).reset_index()
+    out = pd.DataFrame(rows, index=acc.index, columns=["clean_acc", *MEASURES, "threshold"]).join(lr).reset_index()
     out = out.sort_values("family", key=lambda f: f.map(FAMILIES.index), kind="stable")  # as the settings order them
     return out[["family", "activation", "seed", "lr", "clean_acc", *MEASURES, "threshold"]]
 
@@ -87,13 +87,12 @@ def summarise(per_run: pd.DataFrame, repeats: pd.DataFrame) -> pd.DataFrame:
     """Per family, activation and p, over the seeds of per_repeat: test accuracy, retention and test loss, each
     with its 95% interval."""
     keys = ["family", "activation", "seed"]
-    clean = repeats.set_index(keys)["clean_acc"]
-    runs_ = per_run[per_run["error"].eq("")].join(clean, on=keys, how="inner")
-    runs_ = runs_.assign(retention=runs_["test_acc"] / runs_["clean_acc"])
+    nets = per_run[per_run["error"].eq("")].merge(repeats[[*keys, "clean_acc"]], on=keys)
+    nets = nets.assign(retention=nets["test_acc"] / nets["clean_acc"])
     values = ("test_acc", "retention", "test_loss")
     rows = [{"family": f, "activation": a, "p": p, "repeats": len(part),
              **{k: v for column in values for k, v in stats.mean_interval(part[column]).columns(column).items()}}
-            for (f, a, p), part in runs_.groupby(["family", "activation", "p"], sort=False)]
+            for (f, a, p), part in nets.groupby(["family", "activation", "p"], sort=False)]
     return pd.DataFrame(rows, columns=["family", "activation", "p", "repeats",
                                        *[f"{v}{end}" for v in values for end in ("", "_low", "_high")]])
 
