@@ -352,20 +352,22 @@ def report(run_dir: Path, out: Path | None = None) -> None:
     md.section("Method", method(s, lrs, compared))
     md.section("Ranking", "`ranking.csv`: per family and measure, the activations best first, mean and 95% interval "
                           "over seeds; `beaten`: the best is better beyond noise (its paired test, Holm-corrected).")
-    md.table(ranked)
+    md.table(ranked, max_rows=60)
     md.section("Comparisons", "`comparisons.csv`: every pair a − b (a first in the ranking), paired by seed; "
                               "`p_adjusted` Holm over the family's pairs of that measure; `mde` the difference "
                               "detectable with 80% power at 5%, `mde_first` at the first Holm step.")
     md.table(compared[[c for c in COMPARED if c not in ("n_b", "unit", "test")]], max_rows=60)
     md.section("Learning rate", "`lr.csv`: stage 1, each lr at p = 0, validation accuracy over the sweep's seeds.")
-    md.table(lrs)
+    md.table(lrs, max_rows=60)
     md.section("Robustness", f"`robustness.csv`: per seed, the largest p keeping {KEPT:.0%} of its clean accuracy "
                              "(`threshold`, read off the curve through the p run, linear in between); mean and 95% "
                              "interval over seeds.")
     md.table(read_table(run_dir / "robustness.csv"))
-    for value, text in (("retention", "Retention"), ("test_acc", "Test accuracy")):
-        md.section(text, "`results_summary.csv`: mean ± 95% half-width over seeds; the test set is never corrupted.")
-        md.table(cells(summary, value))
+    if len(summary):
+        for value, text in (("retention", "Retention"), ("test_acc", "Test accuracy")):
+            md.section(text, "`results_summary.csv`: mean ± 95% half-width over seeds; the test set is never "
+                             "corrupted.")
+            md.table(cells(summary, value))
     md.section("Figures")
     if len(summary):
         curves(out / "retention_vs_p.png", summary)
