@@ -132,10 +132,10 @@ def by_population(entries: list[dict[str, Any]], size: int) -> list[list[dict[st
 
 
 def train_groups(s: Settings, P: int, stage: str, groups: list[list[dict[str, Any]]], run_dir: Path, data: Mnist,
-                 res: cluster.Resources) -> pd.DataFrame:
+                 res: cluster.Resources, prune: bool = False) -> pd.DataFrame:
     return runner.populations(trainable, run_dir, f"P{P}-{stage}", res, data, shared(s, P, stage), groups,
                               keep=["P", "stage"], shown=["k", "widths", "seed"],
-                              tensorboard=run_dir / "tensorboard" / f"P{P}-{stage}")
+                              tensorboard=run_dir / "tensorboard" / f"P{P}-{stage}", prune=prune)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -144,7 +144,8 @@ def train_groups(s: Settings, P: int, stage: str, groups: list[list[dict[str, An
 def grid(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.Resources) -> pd.DataFrame:
     entries = [entry(k, [closed_form.width_for(k, P)] * k if k else [], "uniform", s.activation, s.lr, 0.0, seed)
                for k in [0, *closed_form.depth_grid(P, s.max_depth)] for seed in range(s.seeds)]
-    return train_groups(s, P, "grid", by_population(entries, s.population), run_dir, data, res)
+    # export reads the grid's checkpoints only where no confirmation stage follows
+    return train_groups(s, P, "grid", by_population(entries, s.population), run_dir, data, res, prune=s.trials > 0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -188,7 +189,8 @@ def optuna_stage(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.R
                                        study_name=study_name(P), shared=shared(s, P, "optuna"))
     grid = runner.run(trainable, run_dir, f"P{P}-optuna", res, data, num_samples=s.trials, search_alg=searcher,
                       shown=["k", "activation", "population"], total=math.ceil(s.trials / s.search_population),
-                      callbacks=[runner.MemberTensorboard(run_dir / "tensorboard" / f"P{P}-optuna")])
+                      nets=s.trials, tensorboard=run_dir / "tensorboard" / f"P{P}-optuna", hparams=["P", "stage"],
+                      prune=True)
     return runner.member_rows(runner.rows(grid, ["P", "stage", "members"]))
 
 
