@@ -260,7 +260,7 @@ def test_corruption_population_equals_separate_trials(corruption_run, results, c
     trial = next((together / "tune" / "grid").glob("trial_*"))
     tags = EventAccumulator(str(trial)).Reload().Tags()["scalars"]
     assert "ray/tune/test_acc" in tags and not [t for t in tags if t.startswith("ray/tune/m0/")]
-    member = EventAccumulator(str(together / "tensorboard" / trial.name / "m0")).Reload()
+    member = EventAccumulator(str(together / "tensorboard" / "grid" / trial.name / "m0")).Reload()
     row = stacked[(stacked["trial_id"] == trial.name.removeprefix("trial_")) & (stacked["member"] == 0)]
     assert member.Scalars("test_acc")[-1].value == pytest.approx(row["test_acc"].item())
 

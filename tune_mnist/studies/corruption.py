@@ -197,13 +197,14 @@ def estimate(s: Settings, data: Mnist, res: cluster.Resources) -> float:
 
 def train_stage(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources, name: str,
                 runs: list[list[dict[str, Any]]]) -> pd.DataFrame:
-    """Trains each family and activation's runs in populations of up to s.population; one row per run."""
+    """Trains each family and activation's runs in populations of up to s.population; one row per run. Nothing
+    reads a finished trial's weights (a resume skips it), so its checkpoints go once the stage ends."""
     space = {**training(s).as_dict(), "weight_decay": s.weight_decay, "mlp_widths": s.mlp_widths,
              "cnn_channels": s.cnn_channels, "cnn_hidden": s.cnn_hidden}
     groups = [chunk for arm in runs for chunk in runner.chunks(arm, s.population)]
     return runner.populations(trainable, run_dir, name, res, data, space, groups=groups, keep=[],
-                              shown=["family", "activation", "lr", "p"], tensorboard=run_dir / "tensorboard",
-                              metric="val_acc" if name == "sweep" else "test_acc", mode="max")
+                              shown=["family", "activation", "lr", "p"], tensorboard=run_dir / "tensorboard" / name,
+                              metric="val_acc" if name == "sweep" else "test_acc", mode="max", prune=True)
 
 
 def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict[str, Any]:
