@@ -1,5 +1,6 @@
 """corruption: its statistics on synthetic runs (no Ray), then end to end through real Ray Tune on MNIST subsets."""
 
+import dataclasses
 import gc
 import re
 import time
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_notebook, run_study
-from tune_mnist import cli, runs, settings, stats
+from tune_mnist import cli, report, runs, settings, stats
 from tune_mnist.files import read_table, write_csv
 from tune_mnist.studies import corruption, corruption_report as answers
 
@@ -174,9 +175,11 @@ def test_corruption_estimate_times_populations_with_the_trials_settings():
 
 def test_report_from_the_csvs_holds_the_method_and_the_answers(tmp_path):
     """Without Ray: stage 2's rows and the sweep's lr choice in a run folder; write_answers writes the tables and a
-    REPORT.md whose answer is retention first, with a Method section stating seeds, test, correction and power."""
-    s = defaults("--repeats", "10", "--families", "mlp", "cnn", "--activations", "relu", "gelu", "sigmoid")
-    runs.start(tmp_path, "corruption", settings.as_dict(s), ["python", "-m", "tune_mnist", "corruption"])
+    REPORT.md whose answer is retention first, with a Method section stating seeds, test, correction and power;
+    `report` draws it again from the tables, which hold what the study's `tables` says a finished run has."""
+    s = defaults("--repeats", "10", "--families", "mlp", "cnn", "--activations", "relu", "gelu", "sigmoid",
+                 "--lrs", "0.001", "0.01")
+    runs.start(tmp_path, "corruption", dataclasses.asdict(s), ["python", "-m", "tune_mnist", "corruption"])
     levels = {"relu": 0.97, "gelu": 0.972, "sigmoid": 0.95}, {"relu": 0.3, "gelu": 0.3, "sigmoid": 0.36}
     per_run = pd.concat([synthetic(*levels, family="mlp"), synthetic(*levels, family="cnn", rng=1)])
     sweep = per_run[per_run["p"] == 0].assign(seed=lambda f: f["seed"] + 100, val_acc=lambda f: f["test_acc"],
@@ -195,7 +198,7 @@ def test_report_from_the_csvs_holds_the_method_and_the_answers(tmp_path):
     figures = re.findall(r"!\[[^]]+\]\(([^)]+)\)", text)
     assert sorted(figures) == ["lr_sweep.png", "ranking.png", "retention_vs_p.png"]
     before = text
-    answers.report(tmp_path, tmp_path / "again")  # from the CSVs alone: the same report
+    report.redraw(tmp_path, tmp_path / "again")  # from the CSVs alone, once they check out: the same report
     assert (tmp_path / "again" / "REPORT.md").read_text() == before
 
 

@@ -14,19 +14,23 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import optuna
 import pandas as pd
+from annotated_types import Le
 
 from tune_mnist import closed_form, models, storage
 from tune_mnist.data import Mnist
 from tune_mnist.errors import require
 from tune_mnist.files import read_table, write_csv, write_json
 from tune_mnist.population import Member
-from tune_mnist.settings import Common
+from tune_mnist.runs import Table
+from tune_mnist.settings import Activation, Common, NonEmpty, NonNegativeInt, Pair, Positive, PositiveInt
+from tune_mnist.studies import Study
 from tune_mnist.train import TrainConfig
 from tune_mnist.tuning import cluster, runner, search, trial
 from tune_mnist.studies import budget_report as answers
@@ -35,53 +39,45 @@ NAME = "budget"
 HELP = "fixed parameter budget: depth grid, Optuna over layer-size vectors as populations, confirmation with seeds"
 SHAPES = ("uniform", "decreasing", "increasing", "free")
 CONFIG = ["k", "widths", "shape", "activation", "lr", "weight_decay"]  # what makes a configuration
+MAX_P = 10**9  # a billion parameters: far past MNIST's needs, and about what one GPU holds with Adam's state
 
 
 @dataclass
 class Settings(Common):
-    P: list[int]
-    epochs: int
-    batch_size: int
-    optimizer: str
-    population: int
+    P: NonEmpty[Annotated[PositiveInt, Le(MAX_P)]]
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    optimizer: Literal["adam", "adamw"]
+    population: PositiveInt
     linear_run: str
-    max_depth: int
-    seeds: int
-    lr: float
-    activation: str
-    trials: int
-    search_population: int
-    optuna_max_depth: int
-    shapes: list[str]
-    activations: list[str]
-    ratio: list[float]
-    lr_range: list[float]
-    weight_decay_range: list[float]
-    prune_grace: int
-    prune_factor: int
-    confirm_top: int
-    confirm_seeds: int
+    max_depth: PositiveInt
+    seeds: PositiveInt
+    lr: Positive
+    activation: Activation
+    trials: NonNegativeInt
+    search_population: PositiveInt
+    optuna_max_depth: PositiveInt
+    shapes: NonEmpty[Literal[SHAPES]]
+    activations: NonEmpty[Activation]
+    ratio: Pair[Positive]
+    lr_range: Pair[Positive]
+    weight_decay_range: Pair[Positive]
+    prune_grace: PositiveInt
+    prune_factor: PositiveInt
+    confirm_top: NonNegativeInt
+    confirm_seeds: PositiveInt
 
 
 def check(s: Settings) -> None:
     for P in s.P:
         require(P >= closed_form.MIN_P, f"P={P} is too small: the smallest MLP (k=1, m=1) has {closed_form.MIN_P} "
                                         "parameters")
-    for name in ("epochs", "seeds", "max_depth", "population", "search_population", "optuna_max_depth",
-                 "prune_grace", "prune_factor", "confirm_seeds"):
-        require(getattr(s, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
-    require(s.trials >= 0, f"--trials must be >= 0, got {s.trials}")
-    require(s.confirm_top >= 0, f"--confirm-top must be >= 0, got {s.confirm_top}")
-    require(s.optimizer in ("adam", "adamw"), f"--optimizer must be adam or adamw, got {s.optimizer!r}")
-    for act in [s.activation, *s.activations]:
-        require(act in models.ACTIVATIONS, f"unknown activation {act!r}; choose from {', '.join(models.ACTIVATIONS)}")
     if s.linear_run:
-        require((Path(s.linear_run) / "trials.csv").is_file(), f"{s.linear_run} is not a finished linear run")
-    for shape in s.shapes:
-        require(shape in SHAPES, f"unknown shape family {shape!r}; choose from {', '.join(SHAPES)}")
+        require(os.path.isfile(os.path.join(s.linear_run, "trials.csv")),
+                f"--linear-run {s.linear_run}: not a finished linear run (it has no trials.csv)")
     for name in ("ratio", "lr_range", "weight_decay_range"):
         low, high = getattr(s, name)
-        require(0 < low <= high, f"--{name.replace('_', '-')} must be two numbers 0 < low <= high")
+        require(low <= high, f"--{name.replace('_', '-')} {low:g} {high:g}: the low end must not exceed the high end")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -92,7 +88,7 @@ def trainable(config: dict[str, Any], data: Mnist) -> None:
     population stops its worst members early."""
     members = [Member({"family": "mlp", "widths": closed_form.parse_widths(e["widths"]), "activation": e["activation"]},
                       seed=e["seed"], lr=e["lr"], weight_decay=e["weight_decay"]) for e in config["members"]]
-    cfg = TrainConfig(epochs=config["epochs"], batch_size=config["batch_size"], optimizer=config["optimizer"])
+    cfg = TrainConfig(**config["train"])
     stops = halving(config["prune_grace"], config["prune_factor"], cfg.epochs) if config["stage"] == "optuna" else None
     trial.train(data, members, cfg, {"P": config["P"], "stage": config["stage"]}, halving=stops)
 
@@ -119,8 +115,8 @@ def entry(k: int, widths: list[int], shape: str, activation: str, lr: float, wei
 
 
 def shared(s: Settings, P: int, stage: str) -> dict[str, Any]:
-    return {"P": P, "stage": stage, "epochs": s.epochs, "batch_size": s.batch_size, "optimizer": s.optimizer,
-            "prune_grace": s.prune_grace, "prune_factor": s.prune_factor}
+    return {"P": P, "stage": stage, "train": TrainConfig.from_settings(s).as_dict(), "prune_grace": s.prune_grace,
+            "prune_factor": s.prune_factor}
 
 
 def by_population(entries: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -275,3 +271,17 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
 
 def report(run_dir: Path, out: Path | None = None) -> None:
     answers.write_report(run_dir, Path(out or run_dir), read_table(run_dir / "trials.csv"))
+
+
+def tables(s: Settings) -> list[Table]:
+    """trials.csv: per P, the depth grid's nets and Optuna's trials, then up to two runs (with and without weight
+    decay) per seed of each confirmed configuration (the best confirm_top and each shape family's best)."""
+    found = sum((1 + len(closed_form.depth_grid(P, s.max_depth))) * s.seeds + s.trials for P in s.P)
+    confirmed = len(s.P) * (s.confirm_top + len(s.shapes)) * s.confirm_seeds * 2 if s.trials else 0
+    return [Table("trials.csv", ("P", "stage", *CONFIG, "seed", "params", "val_loss", "test_loss", "test_acc",
+                                 "final_train_loss", "error", "stopped_early", "member", "checkpoint"),
+                  range(found, found + confirmed + 1),
+                  finite=("val_loss", "test_loss", "test_acc", "final_train_loss"))]
+
+
+STUDY = Study(NAME, HELP, __doc__, Settings, check, run, report, tables)
