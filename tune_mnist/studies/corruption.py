@@ -55,12 +55,10 @@ class Settings(Common):
     weight_decay: NonNegative
 
 
-def spec(s: Any, family: str, act: str) -> dict[str, Any]:
-    """The net of a family and activation; `s` is the Settings or a trial's config (a dict of the same keys)."""
-    get = s.get if isinstance(s, dict) else lambda key: getattr(s, key)
+def spec(config: dict[str, Any], family: str, act: str) -> dict[str, Any]:
     if family == "mlp":
-        return {"family": "mlp", "widths": get("mlp_widths"), "activation": act}
-    return {"family": "cnn", "channels": get("cnn_channels"), "hidden": get("cnn_hidden"), "activation": act}
+        return {"family": "mlp", "widths": config["mlp_widths"], "activation": act}
+    return {"family": "cnn", "channels": config["cnn_channels"], "hidden": config["cnn_hidden"], "activation": act}
 
 
 def check(s: Settings) -> None:
@@ -104,7 +102,7 @@ def training(s: Settings) -> TrainConfig:
 
 def probe_members(s: Settings, family: str, act: str, size: int, p: float = 0.5) -> list[Member]:
     """What the trials train: `size` members of a family and activation, with the trials' optimizer settings."""
-    net = spec(s, family, act)
+    net = spec(vars(s), family, act)
     return [Member(net, seed=r, lr=s.lrs[0], weight_decay=s.weight_decay, corruption=p) for r in range(size)]
 
 
