@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from conftest import run_notebook, run_study
-from tune_mnist import cli, report, runs, settings, stats
+from tune_mnist import cli, runs, settings, stats
 from tune_mnist.files import read_table, write_csv
-from tune_mnist.studies import corruption, corruption_report as answers
+from tune_mnist.studies import corruption, corruption_report as answers, redraw
 
 P = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9)
 
@@ -198,7 +198,7 @@ def test_report_from_the_csvs_holds_the_method_and_the_answers(tmp_path):
     figures = re.findall(r"!\[[^]]+\]\(([^)]+)\)", text)
     assert sorted(figures) == ["lr_sweep.png", "ranking.png", "retention_vs_p.png"]
     before = text
-    report.redraw(tmp_path, tmp_path / "again")  # from the CSVs alone, once they check out: the same report
+    redraw(tmp_path, tmp_path / "again")  # from the CSVs alone, once they check out: the same report
     assert (tmp_path / "again" / "REPORT.md").read_text() == before
 
 
