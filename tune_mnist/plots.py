@@ -94,25 +94,6 @@ def front(path: Path, frame: pd.DataFrame, best: pd.DataFrame, x: str, y: str, g
     save_figure(path, fig)
 
 
-def panels(path: Path, frame: pd.DataFrame, panel: str, x: str, y: str, *, yerr: str | None = None,
-           title: str = "", ylabel: str | None = None) -> None:
-    """One subplot per value of `panel`, y (with error bars) against x."""
-    keys = sorted(frame[panel].unique())
-    cols = min(len(keys), 3)
-    rows = -(-len(keys) // cols)
-    fig, axes = pyplot().subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False, sharey=True,
-                                  layout="constrained")
-    for ax, key in zip(axes.flat, keys):
-        part = frame[frame[panel] == key].sort_values(x)
-        ax.errorbar(part[x], part[y], yerr=part[yerr] if yerr else None, marker="o", capsize=3)
-        ax.set(title=f"{panel}={key}", xlabel=x, ylabel=ylabel or y)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    fig.suptitle(title)
-    save_figure(path, fig)
-
-
 def log_axes(ax: "matplotlib.axes.Axes", logx: bool, logy: bool) -> None:  # noqa: F821
     """Log scales labelled in plain numbers (1.8, 0.0625), not powers, which a narrow range makes unreadable."""
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
@@ -161,39 +142,3 @@ def grouped_bars(path: Path, frame: pd.DataFrame, x: str, group: str, y: str, ye
     save_figure(path, fig)
 
 
-def grouped_lines(path: Path, frame: pd.DataFrame, panel: str, x: str, y: str, group: str, *, yerr: str, title: str,
-                  xlabel: str, ylabel: str) -> None:
-    """One subplot per value of `panel`, a line (with error bars) per value of `group`: groups compared in a panel."""
-    keys = sorted(frame[panel].unique())
-    fig, axes = pyplot().subplots(1, len(keys), figsize=(5.5 * len(keys), 4.5), squeeze=False, sharey=True,
-                                  layout="constrained")
-    for ax, key in zip(axes.flat, keys):
-        for name, part in frame[frame[panel] == key].groupby(group, sort=True):
-            part = part.sort_values(x)
-            ax.errorbar(part[x], part[y], yerr=part[yerr], marker="o", capsize=3, label=str(name))
-        ax.set(title=f"{panel} = {key}", xlabel=xlabel, ylabel=ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(title=group, fontsize=8)
-    fig.suptitle(title)
-    save_figure(path, fig)
-
-
-def interval_points(path: Path, frame: pd.DataFrame, x: str, group: str, measures: Sequence[tuple[str, str, str, str]],
-                    *, title: str, xlabel: str) -> None:
-    """One subplot per measure (mean, low, high columns and its axis label); per x (a category, in the frame's
-    order) a point with its interval for each value of `group`, side by side."""
-    xs, groups = list(dict.fromkeys(frame[x])), sorted(frame[group].unique())
-    fig, axes = pyplot().subplots(1, len(measures), figsize=(max(5.5, 1.1 * len(xs) + 3) * len(measures), 4.5),
-                                  squeeze=False, layout="constrained")
-    for ax, (mean, low, high, label) in zip(axes.flat, measures):
-        for i, key in enumerate(groups):
-            part = frame[frame[group] == key].set_index(x).reindex(xs)
-            at = np.arange(len(xs)) + (i - (len(groups) - 1) / 2) * 0.2
-            err = np.vstack([part[mean] - part[low], part[high] - part[mean]]).clip(min=0)
-            ax.errorbar(at, part[mean], yerr=err, fmt="o", capsize=4, label=f"{group} = {key}")
-        ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs])
-        ax.set(xlim=(-0.5, len(xs) - 0.5), xlabel=xlabel, ylabel=label)
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    save_figure(path, fig)
