@@ -28,7 +28,7 @@ from tune_mnist import models, runs, settings, storage, studies
 from tune_mnist.errors import UserError, require
 from tune_mnist.files import check_folder, read_table
 from tune_mnist.studies import Study, budget, registry
-from tune_mnist.tuning import cluster, runner
+from tune_mnist.tuning import cluster, runner, search
 
 STUDIES = registry()
 # What a resumed run may change: where the data lies and the cluster it runs on; never what it trains.
@@ -108,6 +108,7 @@ def run_study(study: Study, s: Any, run_dir: Path, args: argparse.Namespace) -> 
     shared = storage.for_run(s.storage, study.name, run_dir) if s.storage else ""
     if args.resume:
         runner.check_checkpoints(shared or str(run_dir))
+        search.check_state(shared or str(run_dir))
     data = mnist.subset(mnist.load(s.data or None), s.train_limit or None, s.eval_limit or None)
     if study.prepare:  # work that needs no cluster (compiling kernels) goes on while Ray starts
         study.prepare(s, data)

@@ -456,10 +456,3 @@ def pareto_front(frame: pd.DataFrame, cost: str, value: str) -> pd.DataFrame:
     better = (c[None, :] < c[:, None]) | (v[None, :] > v[:, None])
     return frame[~(no_worse & better).any(axis=1)].sort_values([cost, value], ascending=[True, False], kind="stable")
 
-
-def __getattr__(name: str) -> Any:
-    """The scaling laws moved to laws.py; their names still resolve here for the studies that import them so."""
-    if name in ("PowerLaw", "power_law", "JointLaw", "joint_power_law"):
-        from tune_mnist import laws
-        return getattr(laws, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
