@@ -71,12 +71,9 @@ def test_the_power_is_stated_at_holms_strictest_level():
     assert row["mde"] > 1.3 * stats.detectable_difference(sd, 6)
 
 
-def test_holm_keeps_false_positives_at_the_level_over_200_nulls(monkeypatch):
+def test_holm_keeps_false_positives_at_the_level_over_200_nulls(frozen_gc):
     """No swap changes anything: some test of the family detects a change in at most 10% of 200 runs (8 tests each;
     uncorrected, about a third of them would)."""
-    import gc
-
-    monkeypatch.setattr(gc, "collect", lambda *_: 0)  # statsmodels' Holm collects garbage at every call: seconds here
     rng = np.random.default_rng(2)
     found = [answers.tests(synthetic(rng, 6, layers=2))["detected"].astype(bool).any() for _ in range(200)]
     assert np.mean(found) <= 0.10

@@ -210,10 +210,7 @@ def method(s: dict, tests: pd.DataFrame) -> str:
 def draw_plateau(path: Path, curve: pd.DataFrame, stops: pd.DataFrame, lr: float, reference: float) -> None:
     """Left: training loss against epochs per step size of grid 1. Right: for grid 2's reference runs, the relative
     gain of the training loss over the next window against the epoch, the rate and the plateaus marked."""
-    from matplotlib.figure import Figure  # here, not at import: trial workers import this module and never draw
-
-    fig = Figure(figsize=(13, 4.8), layout="constrained")
-    loss, gain = fig.subplots(1, 2)
+    fig, (loss, gain) = plots.pyplot().subplots(1, 2, figsize=(13, 4.8), layout="constrained")
     for step, part in curve[curve["grid"] == "step_size"].groupby("lr"):
         loss.plot(part["epoch"], part["train_loss"], lw=2.5 if step == lr else 1, label=f"step size {step:g}")
     loss.set(xscale="log", yscale="log", xlabel="epoch (full-batch steps)", ylabel="training loss (nats)",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tune_mnist import runs, stats
+from tune_mnist import plots, runs, stats
 from tune_mnist.files import read_table, save_figure
 from tune_mnist.report import for_run
 
@@ -181,11 +181,9 @@ def method(table: pd.DataFrame, per_seed: pd.DataFrame, s: dict) -> str:
 def draw(path: Path, summary: pd.DataFrame, table: pd.DataFrame) -> None:
     """Per metric a panel: bars of the swapped nets' mean over seeds with 95% intervals, reset and graft side by
     side per layer, at "none" the nets they start from; a star over each change detected after Holm."""
-    from matplotlib.figure import Figure  # here, not at import: trial workers import this module and never draw
-
     labels = {"reset": "reset: trained net, this layer at init", "graft": "graft: initial net, this layer trained"}
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    for ax, (metric, (words, _)) in zip(fig.subplots(1, 2), METRICS.items()):
+    fig, axes = plots.pyplot().subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    for ax, (metric, (words, _)) in zip(axes, METRICS.items()):
         for i, direction in enumerate(START):
             part = summary[summary["direction"] == direction].sort_values("layer")
             means = part[metric].to_numpy()
