@@ -1,7 +1,6 @@
 """corruption: its statistics on synthetic runs (no Ray), then end to end through real Ray Tune on MNIST subsets."""
 
 import dataclasses
-import gc
 import re
 import time
 
@@ -37,14 +36,6 @@ def verdicts(per_run: pd.DataFrame, measure: str = "retention") -> pd.DataFrame:
     repeats = answers.per_repeat(per_run)
     compared = answers.comparisons(repeats)
     return compared[compared["measure"] == measure].set_index(["a", "b"])
-
-
-@pytest.fixture
-def frozen_gc():
-    """statsmodels' Holm runs gc.collect() on every call: objects frozen before a simulation are not scanned."""
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 def test_retention_is_the_seed_s_accuracy_over_its_clean_accuracy_averaged_over_p():

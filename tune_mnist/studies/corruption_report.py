@@ -132,8 +132,7 @@ def comparisons(repeats: pd.DataFrame) -> pd.DataFrame:
                 shared = ~np.isnan(values[a]) & ~np.isnan(values[b])
                 tested.append(stats.paired_test(values[a][shared], values[b][shared], level=LEVEL))
             for (a, b), c in zip(pairs, stats.holm_family(tested)):
-                sd = c.difference.stderr * math.sqrt(c.difference.n)
-                first = stats.detectable_difference(sd, c.difference.n, level=1 - (1 - LEVEL) / len(pairs))
+                first = stats.strictest_power(c).mde
                 row = {RENAMED.get(k, k): v for k, v in c.row().items()}
                 rows.append({**row, "family": family, "measure": measure, "a": a, "b": b, "mde_first": first})
     return pd.DataFrame(rows, columns=COMPARED)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -107,14 +106,6 @@ def init_summary(trials: pd.DataFrame, scales: list[float]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def strict_power(c: stats.Comparison) -> stats.Comparison:
-    """The comparison with its detectable difference at the Bonferroni level α/m, Holm's strictest step: a true
-    difference that large is found with 80% power however many of the family's other tests are null."""
-    d = c.difference
-    level = 1 - (1 - d.level) / c.family
-    return replace(c, mde=stats.detectable_difference(d.stderr * math.sqrt(d.n), d.n, level=level))
-
-
 def init_tests(trials: pd.DataFrame, scales: list[float]) -> pd.DataFrame:
     """init_tests.csv: each init scale against the first (the reference) on the seeds both trained without error
     (paired t-test), per metric; Holm over every test of the table; power at its strictest step."""
@@ -130,7 +121,7 @@ def init_tests(trials: pd.DataFrame, scales: list[float]) -> pd.DataFrame:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 found.append(stats.paired_test(part.loc[shared, metric], base.loc[shared, metric]))
             keys.append({"init_scale": scale, "reference": reference, "metric": metric})
-    return pd.DataFrame([{**k, **strict_power(c).row()} for k, c in zip(keys, stats.holm_family(found))])
+    return pd.DataFrame([{**k, **stats.strictest_power(c).row()} for k, c in zip(keys, stats.holm_family(found))])
 
 
 def verdict(row: pd.Series) -> str:

@@ -10,8 +10,6 @@ learning; test loss is stated beside it, and where the two disagree the report s
 
 from __future__ import annotations
 
-import math
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +24,6 @@ START = {"reset": "trained", "graft": "init"}  # the net each direction's swap s
 METRICS = {"test_acc": ("test accuracy", False), "test_loss": ("test loss", True)}  # words, lower is better
 
 
-def strict_power(c: stats.Comparison) -> stats.Comparison:
-    """The comparison with its detectable difference at the Bonferroni level α/m, Holm's strictest step: a true
-    difference that large is found with 80% power however many of the family's other tests are null."""
-    d = c.difference
-    level = 1 - (1 - d.level) / c.family
-    return replace(c, mde=stats.detectable_difference(d.stderr * math.sqrt(d.n), d.n, level=level))
-
-
 def tests(long: pd.DataFrame) -> pd.DataFrame:
     """tests.csv: per layer, direction and metric, the swapped net against the net it starts from, paired by seed
     (`swapped` and `start` are their means), Holm over every test of the table, power at its strictest step."""
@@ -46,7 +36,7 @@ def tests(long: pd.DataFrame) -> pd.DataFrame:
             found.append(stats.paired_test(part[metric], start))
             keys.append({"layer": layer, "fan": part["fan"].iloc[0], "direction": direction, "metric": metric,
                          "swapped": part[metric].mean(), "start": start.mean()})
-    return pd.DataFrame([{**k, **strict_power(c).row()} for k, c in zip(keys, stats.holm_family(found))])
+    return pd.DataFrame([{**k, **stats.strictest_power(c).row()} for k, c in zip(keys, stats.holm_family(found))])
 
 
 def summarise(long: pd.DataFrame) -> pd.DataFrame:
