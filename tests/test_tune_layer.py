@@ -24,7 +24,7 @@ from ray import tune
 
 from conftest import cli as run_cli
 from test_tensorboard import hparams_dashboard
-from tune_mnist import data as mnist_data
+from tune_mnist import data as mnist_data, models
 from tune_mnist.errors import UserError
 from tune_mnist.files import read_table
 from tune_mnist.population import Member
@@ -459,7 +459,7 @@ def test_a_budget_run_keeps_what_export_and_resume_read_and_a_damaged_final_chec
     confirm = sorted(run_dir.glob("tune/P20000-confirm/trial_*/checkpoint_*"))
     assert len(confirm) == trials[trials["stage"] == "confirm"]["trial_id"].nunique()
     assert trials[trials["stage"] != "confirm"]["checkpoint"].eq("").all()
-    assert (run_dir / "best" / "P20000" / "rank1.pt").is_file()
+    assert (run_dir / "best" / "P20000" / f"rank1{models.SUFFIX}").is_file()
 
     victim = confirm[0] / "state.pt"
     whole = victim.read_bytes()

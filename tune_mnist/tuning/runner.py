@@ -37,7 +37,7 @@ STATES = ("state.pt", "search.pt")  # what a trial's checkpoint holds: a populat
 KEEP_CHECKPOINTS = 2  # the experiment state saved last can name the checkpoint before the newest: keep it
 # Ray's state files, the experiment's first: a restore reads the newest of each
 RAY_STATES = ("experiment_state-", "basic-variant-state-", "search_gen_state-", "searcher-state-", "callback-states-")
-ENDED = "rows.csv"  # an ended experiment's rows, in the run folder's tune/<experiment>/: interrupted.csv lists them
+ENDED = "ended"  # the run folder's folder of ended experiments' rows (<experiment>.csv): interrupted.csv lists them
 LOST = "does not exist on storage anymore"  # Ray's error for a trial restored from a checkpoint it had removed
 
 
@@ -162,11 +162,11 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
                   "state, saved every few seconds, was older than the trial): they train again from the start",
                   flush=True)
             grid = restore(restart_errored=True).fit()
-    ended = run_dir / "tune" / name / ENDED
+    ended = run_dir / ENDED / f"{name}.csv"
     if ray_log.interrupted and not stop_on_interrupt:
         # the trials that ended: a report marked done, or an error (the others were stopped mid-training)
         finished = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
-        frames = [files.read_table(f) for f in sorted((run_dir / "tune").glob(f"*/{ENDED}")) if f != ended]
+        frames = [files.read_table(f) for f in sorted((run_dir / ENDED).glob("*.csv")) if f != ended]
         frames += [experiment_rows(name, finished)] if finished else []
         if frames:
             files.write_csv(run_dir / "interrupted.csv", pd.concat(frames, ignore_index=True))
@@ -347,6 +347,9 @@ def member_rows(frame: pd.DataFrame) -> pd.DataFrame:
     out = []
     for row in frame.to_dict("records"):
         shared = {k: v for k, v in report_format.shared(row).items() if k != "members"}
+        if not isinstance(row["members"], list):  # a trial of one net, not a population
+            out.append(shared)
+            continue
         reported = report_format.decode(row)
         for i, entry in enumerate(row["members"]):
             member = {k: v for k, v in reported.get(i, {}).items() if not (isinstance(v, float) and pd.isna(v))}
