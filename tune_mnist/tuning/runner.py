@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 from ray import tune
 
-from tune_mnist import files, storage
+from tune_mnist import files, profile, storage
 from tune_mnist.data import Mnist
 from tune_mnist.errors import UserError
 from tune_mnist.tuning import members as report_format
@@ -119,6 +119,7 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
     that ended before it, are written to the run's interrupted.csv, unless stop_on_interrupt, where Ctrl-C is how
     the study ends (the random search) and the grid is returned. Failed (a UserError) if every trial failed.
     """
+    started = time.time()
     space = param_space or {}
     wrapped = tune.with_resources(tune.with_parameters(trainable, data=data),
                                   {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
@@ -153,7 +154,6 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
                     checkpoint_at_end=True if checkpoint_every else None),
             ),
         )
-    start = time.time()
     with pending_trials(max(1, math.ceil(trial_slots(res))) if search_alg else None), RayMessages() as ray_log:
         grid = tuner.fit()
         lost = [r for r in grid if r.error is not None and LOST in str(r.error)]
@@ -163,6 +163,7 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
                   flush=True)
             grid = restore(restart_errored=True).fit()
     ended = run_dir / "tune" / name / ENDED
+    profile.save_experiment(ended.parent, started, [r.metrics for r in grid if r.metrics])
     if ray_log.interrupted and not stop_on_interrupt:
         # the trials that ended: a report marked done, or an error (the others were stopped mid-training)
         finished = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
@@ -178,7 +179,7 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
     if not ray_log.interrupted:
         prune_checkpoints(grid, keep_last=not prune)
         files.write_csv(ended, experiment_rows(name, list(grid)))
-    print(f"[{name}] {len(grid)} trials in {time.time() - start:.1f} s", flush=True)
+    print(f"[{name}] {len(grid)} trials in {time.time() - started:.1f} s", flush=True)
     return grid
 
 
@@ -193,8 +194,12 @@ def grid_size(space: dict[str, Any], num_samples: int) -> tuple[int, int | None]
 
 
 def experiment_rows(name: str, results: Sequence[tune.Result]) -> pd.DataFrame:
-    """An experiment's rows for interrupted.csv: one per member, with the experiment's name."""
-    return member_rows(rows(results, ["members"])).assign(experiment=name)
+    """An experiment's rows for interrupted.csv: one per member (one per trial where the trials have no members, as
+    random's searches), with the experiment's name."""
+    frame = rows(results, ["members"])
+    members = frame.get("members", pd.Series(dtype=object))
+    split = member_rows(frame) if members.notna().all() else frame.drop(columns="members")
+    return split.assign(experiment=name)
 
 
 def last_line(error: Any) -> str:
