@@ -172,13 +172,13 @@ def main() -> int:
         if name in done and done[name][0] != "skipped":
             print("\n" + table_of(work / "logs" / f"{name}.log"))
     print(f"\nsummary (wall s; the rest from each study's profile.csv, seconds of wall time; {header})")
-    print(f"{'command':<14}{'status':>11}{'wall':>7}" + "".join(f"{c:>10}" for c in SUMMARY))
+    print(f"{'command':<14}{'status':>11}{'wall':>7}" + "".join(f"{c:>11}" for c in SUMMARY))
     for name, (status, wall) in done.items():
         line = f"{name:<14}{status:>11}{wall:7.1f}"
         profiled = work / "results" / name / "gpu" / profile_file
         if profiled.is_file():
             sums = profile_rows(profiled)
-            line += "".join(f"{sum(sums.get(phase, 0.0) for phase in phases):10.1f}" for phases in SUMMARY.values())
+            line += "".join(f"{sum(sums.get(phase, 0.0) for phase in parts):11.1f}" for parts in SUMMARY.values())
         elif COMMANDS[name][0][:3] == STUDY:
             line += "  (no profile.csv: see its log)"
         elif status != "skipped":  # a benchmark: its result lines

@@ -89,7 +89,8 @@ def test_a_profiled_linear_run_prints_where_its_wall_time_went(tmp_path):
     assert wall - 5 < total <= wall, (total, wall)
     assert f"{'total':<48}{total:10.2f}" in done.stdout
     trials = rows[rows["trial_seconds"].notna()].set_index(["experiment", "phase"])["trial_seconds"]
-    for phase in ("worker start, actor reuse", "set-up to the first epoch", "training", "evaluation", "checkpoints, reports"):
+    for phase in ("worker start, actor reuse", "set-up to the first epoch", "training", "evaluation",
+                  "checkpoints, reports"):
         assert (trials.xs(phase, level="phase") > 0).all(), phase
     assert set(rows["experiment"].fillna("")) == {"", "step_size", "init"}
     assert set(rows["phase"]) <= set(profile.NOTES), "every row says what it measures"

@@ -59,13 +59,14 @@ NOTES = {
     "rest of the trials": "trials: their spans less the rows above (halving, metrics; all of a trial that reports "
                           "no timings, as random's searches, its worker's start included)",
     "driver, no trial running": "the experiment's wall time when none of its trials ran: Tune's start and end, "
-                                "scheduling, the last report's hand-over, results and experiment state written",
+                                "scheduling, the last report's hand-over, results and experiment state written "
+                                "(and the time of trials that never reported, in an interrupted experiment)",
     "after the last experiment": "the study's tables, figures and REPORT.md",
     "upload, summary line": "the copy to --storage, the summary line",
     "Ray shutdown": "ray.shutdown (without --profile it runs as the process exits)",
 }
-TRIAL_PHASES = ("worker start, actor reuse", "set-up to the first epoch", "warm-up (compiles)", "training", "evaluation", "checkpoints, reports",
-                "rest of the trials")
+TRIAL_PHASES = ("worker start, actor reuse", "set-up to the first epoch", "warm-up (compiles)", "training",
+                "evaluation", "checkpoints, reports", "rest of the trials")
 
 
 def process_started_at() -> float | None:
