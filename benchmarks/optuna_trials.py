@@ -28,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tune_mnist import data, settings
 from tune_mnist.studies import budget
+from tune_mnist.train import TrainConfig
 from tune_mnist.tuning import cluster, runner, search
 
 DENSE_TF32 = {"H100": 494.7e12, "H200": 494.7e12}  # dense TF32 FLOP/s of the SXM parts (no sparsity)
@@ -38,8 +39,8 @@ SPACE = budget.optuna_space(settings.Space(budget.Settings, "budget").settings(a
 
 
 def shared(P: int, epochs: int) -> dict:
-    return {"P": P, "stage": "optuna", "epochs": epochs, "batch_size": 128, "optimizer": "adam", "prune_grace": 1,
-            "prune_factor": 2}
+    return {"P": P, "stage": "optuna", "train": TrainConfig(epochs=epochs, batch_size=128, optimizer="adam").as_dict(),
+            "prune_grace": 1, "prune_factor": 2}
 
 
 def single_config(trial, P: int, epochs: int) -> dict:

@@ -5,13 +5,13 @@ members (tune_mnist.population) and reproduces each separate run to float tolera
 run as fused Triton kernels, the population is also timed without them. --widths-spread also times a population
 whose MLP members differ in width (padded to the widest, as the budget study's Optuna populations are).
 
-    python benchmarks/population.py [--members 64] [--batch-size 128]
+    python benchmarks/population.py [--members 64] [--batch-size 128] [--train-limit 0]
 """
 
 import argparse
 
 from common import setup, timed
-from tune_mnist.data import to_device
+from tune_mnist.data import subset, to_device
 from tune_mnist.population import Member, Population
 from tune_mnist.train import TrainConfig, epoch_loop, make_optimizer
 
@@ -29,8 +29,10 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--members", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=128, help="the corruption study's default")
+    p.add_argument("--train-limit", type=int, default=0, help="training images (0: all 55,000)")
     args = p.parse_args()
     device, data = setup()
+    data = subset(data, args.train_limit or None)
     splits = to_device(data, device)
     cfg = TrainConfig(batch_size=args.batch_size)
     for label, spec in SPECS.items():

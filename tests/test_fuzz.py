@@ -45,7 +45,7 @@ TEXT = ["", " ", ".", "..", "/", "a/b", "../../escape", "x" * 300, "é" * 150, "
 # a flag's value as typed: mostly its own type's edge cases, else anything
 EDGES = {float: st.one_of(st.sampled_from(FLOATS).map(repr), st.floats().map(repr)),
          int: st.one_of(st.sampled_from(INTS).map(str), st.integers().map(str)),
-         str: st.sampled_from(TEXT)}
+         str: st.sampled_from(TEXT), bool: st.sampled_from(["true", "false", "1", "0", ""])}
 anything = st.one_of(*EDGES.values(), st.text(max_size=8))
 # a value in a TOML or JSON file: of any type, a list of them, or a table
 scalar = st.one_of(st.sampled_from(FLOATS), st.sampled_from(INTS), st.sampled_from(TEXT), st.booleans(),
@@ -113,6 +113,9 @@ def test_every_flag_refuses_with_one_line_or_passes(offline, study, name, data):
 def test_no_flag_takes_no_value_or_a_number_that_is_not_finite(offline, study):
     for name, kind in spaces.types(cli.STUDIES[study].settings).items():
         flag = "--" + name.replace("_", "-")
+        if spaces.scalar(kind)[0] is bool:  # a switch: --profile, --no-profile
+            assert attempt([study, flag, "true"], offline, "unrecognized arguments")[0] == 2, flag
+            continue
         assert attempt([study, flag], offline, rf"argument {flag}: expected")[0] == 2, flag
         if spaces.scalar(kind)[0] is float:
             for value in ("nan", "inf", "-inf", "1e999"):

@@ -5,7 +5,8 @@ parse -> `validate` (the Settings, built once: the study's TOML, its [smoke] tab
 will have a GPU, a --space file, the flags, or a resumed run's run.json; every field's declared type checked, then
 the paths and the study's check, once) -> load data -> the study's prepare, if it has one (work started while Ray
 starts) -> reach Ray, check that a trial fits it -> create and lock the run folder, write run.json -> run the
-study -> print one summary line. A UserError anywhere before the run folder exists prints one line and exits 2.
+study -> print one summary line (and with --profile, where the time went: profile.py). A UserError anywhere
+before the run folder exists prints one line and exits 2.
 
 Whether trials will have a GPU, and so whether the [gpu] table applies, is settled before the settings are built:
 with `--address local` by this machine (torch.cuda.is_available(): a local Ray gives its trials this machine's
@@ -23,8 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
+
 from tune_mnist import data as mnist
-from tune_mnist import models, runs, settings, storage, studies
+from tune_mnist import models, profile, runs, settings, storage, studies
 from tune_mnist.errors import UserError, require
 from tune_mnist.files import check_folder, read_table
 from tune_mnist.studies import Study, budget, registry
@@ -32,7 +35,7 @@ from tune_mnist.tuning import cluster, runner, search
 
 STUDIES = registry()
 # What a resumed run may change: where the data lies and the cluster it runs on; never what it trains.
-RESUMABLE = ("data", "address", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
+RESUMABLE = ("data", "address", "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "profile")
 
 
 def one_line(message: str) -> str:
@@ -104,37 +107,61 @@ def validate(study: Study, args: argparse.Namespace) -> tuple[Any, Path]:
     return s, run_dir
 
 
-def run_study(study: Study, s: Any, run_dir: Path, args: argparse.Namespace) -> int:
+def run_study(study: Study, s: Any, run_dir: Path, args: argparse.Namespace, clock: profile.Clock) -> int:
     shared = storage.for_run(s.storage, study.name, run_dir) if s.storage else ""
     if args.resume:
         runner.check_checkpoints(shared or str(run_dir))
         search.check_state(shared or str(run_dir))
+    clock.mark("settings and checks")
     data = mnist.subset(mnist.load(s.data or None), s.train_limit or None, s.eval_limit or None)
+    clock.mark("data load")
     if study.prepare:  # work that needs no cluster (compiling kernels) goes on while Ray starts
         study.prepare(s, data)
+        clock.mark("the study's prepare")
+    own_ray = not ray.is_initialized()
     cluster.connect(s.address)
     res = cluster.Resources(s.address, s.cpus_per_trial, s.gpus_per_trial, s.max_concurrent, s.max_failures,
                             shared)
     cluster.check(res)
     if shared:
         storage.check(shared)
+    clock.mark("Ray start or join")
     if not args.resume:
         runs.start(run_dir, study.name, dataclasses.asdict(s), ["python", "-m", "tune_mnist", *args.argv])
     print(f"tune_mnist {study.name}: run folder {run_dir}" + (f", shared copy {res.storage}" if res.storage else ""),
           flush=True)
+    clock.mark("run folder")
     start = time.time()
     try:
         summary = study.run(s, run_dir, data, res)
-    except runner.Interrupted as e:
+    except (runner.Interrupted, runner.Failed, KeyboardInterrupt) as e:
+        clock.mark(profile.STUDY)
+        show_profile(s, study, run_dir, clock, own_ray)  # the time until then
+        if not isinstance(e, runner.Interrupted):
+            raise
         print(f"tune_mnist: interrupted ({e}); what finished is saved: continue with "
               f"python -m tune_mnist {study.name} --resume {run_dir}", file=sys.stderr, flush=True)
         return 130
+    clock.mark(profile.STUDY)
     (run_dir / "interrupted.csv").unlink(missing_ok=True)
     if res.storage:
         storage.upload(run_dir, res.storage)
     fields = " ".join(f"{k}={v}" for k, v in summary.items())
     print(f"STUDY={study.name} run={run_dir} {fields} wall={time.time() - start:.1f}s", flush=True)
+    clock.mark("upload, summary line")
+    show_profile(s, study, run_dir, clock, own_ray)
     return 0
+
+
+def show_profile(s: Any, study: Study, run_dir: Path, clock: profile.Clock, own_ray: bool) -> None:
+    """With --profile, where the command's time went (profile.py), after Ray's shutdown where it started Ray (the
+    process's exit would shut it down, untimed; a caller's Ray is left running)."""
+    if not s.profile:
+        return
+    if own_ray:
+        ray.shutdown()
+        clock.mark("Ray shutdown")
+    print(profile.report(clock, run_dir, f"profile of {study.name}, {run_dir}:"), flush=True)
 
 
 def export(args: argparse.Namespace) -> int:
@@ -161,6 +188,7 @@ def redraw(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None, check_only: bool = False) -> int:
     """The command; with check_only, every check it makes before it starts anything (a test's way to try input)."""
+    clock = profile.Clock()
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv  # run.json records the exact command
@@ -172,7 +200,7 @@ def main(argv: list[str] | None = None, check_only: bool = False) -> int:
             return 0 if check_only else {"export": export, "report": redraw}[args.command](args)
         study = STUDIES[args.command]
         s, run_dir = validate(study, args)
-        return 0 if check_only else run_study(study, s, run_dir, args)
+        return 0 if check_only else run_study(study, s, run_dir, args, clock)
     except runner.Failed as e:  # the input was sound, the training was not: its failures stay in the run folder
         print(f"tune_mnist: failed: {one_line(str(e))}", file=sys.stderr)
         return 1

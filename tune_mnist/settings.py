@@ -91,6 +91,7 @@ class Common:
     gpus_per_trial: NonNegative
     max_concurrent: NonNegativeInt
     max_failures: NonNegativeInt
+    profile: bool
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ own mean losses, so each gets its own gradient, and the optimizer updates each w
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -168,6 +169,34 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(noise.run_key(seed, epoch))
 
 
+@dataclass
+class Timing:
+    """Where a trainer's time went in this process (--profile reads it from the trial's reports).
+
+    Every phase timed here ends in a host read of its results (the metrics' tolist), so the device has done its
+    work when the clock is read: no extra synchronisation is needed on a GPU.
+    """
+
+    first_epoch_at: float = 0.0                              # Unix time the first epoch began
+    passes: list[float] = field(default_factory=list)        # each epoch's training pass
+    evaluations: list[float] = field(default_factory=list)   # each evaluation of val and test
+    final: float = 0.0                                       # the training split's evaluation after the last epoch
+
+    def report(self) -> dict[str, float]:
+        """Disjoint phases in seconds: warm-up (the first training pass's and the first evaluation's extra over the
+        median of the later ones: Triton compiles, CUDA graph capture, cold caches), then training and evaluation
+        less it."""
+        train, evaluation = extra(self.passes), extra(self.evaluations)
+        return {"first_epoch_at": self.first_epoch_at, "warmup_seconds": train + evaluation,
+                "train_seconds": sum(self.passes) - train,
+                "eval_seconds": sum(self.evaluations) + self.final - evaluation}
+
+
+def extra(times: Sequence[float]) -> float:
+    """The first time's excess over the median of the later ones; 0 where none came later."""
+    return max(0.0, times[0] - statistics.median(times[1:])) if len(times) > 1 else 0.0
+
+
 class Trainer:
     """Trains a population epoch by epoch; between epochs it can let members go (successive halving, divergence)."""
 
@@ -176,6 +205,7 @@ class Trainer:
         self.pop, self.splits, self.cfg = pop, splits, cfg
         self.opt = opt or make_optimizer(pop, cfg)
         self.run = epoch_loop(pop, self.opt, splits["train"], cfg)
+        self.timing = Timing()
 
     def epochs(self, start: int = 0) -> Iterator[list[dict[str, float]]]:
         """Trains to cfg.epochs from epoch `start`, yielding the members' metrics after each evaluated epoch.
@@ -184,10 +214,12 @@ class Trainer:
         on the full training split with the final weights. A member whose training loss is no longer finite has
         diverged: its metrics get "error", and the caller lets it go (keep); when all have, FloatingPointError.
         """
-        cfg = self.cfg
+        cfg, timing = self.cfg, self.timing
         for epoch in range(start, cfg.epochs):
+            timing.first_epoch_at = timing.first_epoch_at or time.time()
             begun = time.perf_counter()
             metrics = [{"epoch": epoch + 1, **m} for m in self.run(epoch)]
+            timing.passes.append(time.perf_counter() - begun)
             diverged = [m for m in metrics if not math.isfinite(m["train_loss"])]
             if len(diverged) == len(metrics):
                 lrs = sorted({m.lr for m in self.pop.members})
@@ -196,15 +228,24 @@ class Trainer:
             last = epoch + 1 == cfg.epochs
             if (epoch + 1) % cfg.eval_every and not last and not diverged:
                 continue
-            for name in ("val", "test", "train") if last else ("val", "test"):
-                key = "final_train" if name == "train" else name
-                for m, result in zip(metrics, evaluate(self.pop, self.splits[name], cfg.inputs)):
-                    m[f"{key}_loss"], m[f"{key}_acc"] = result["loss"], result["acc"]
+            timing.evaluations.append(self.score(metrics, ("val", "test")))
+            if last:
+                timing.final = self.score(metrics, ("train",))
             for m in metrics:
                 m["epoch_seconds"] = (time.perf_counter() - begun) / len(metrics)
                 if not math.isfinite(m["train_loss"]):
                     m["error"] = f"diverged in epoch {epoch + 1}: training loss {m['train_loss']}"
             yield metrics
+
+    def score(self, metrics: list[dict[str, Any]], names: Sequence[str]) -> float:
+        """Each member's loss and accuracy on these splits, into its metrics ("train": final_train_*); the seconds
+        it took."""
+        begun = time.perf_counter()
+        for name in names:
+            key = "final_train" if name == "train" else name
+            for m, result in zip(metrics, evaluate(self.pop, self.splits[name], self.cfg.inputs)):
+                m[f"{key}_loss"], m[f"{key}_acc"] = result["loss"], result["acc"]
+        return time.perf_counter() - begun
 
     def keep(self, positions: Sequence[int]) -> None:
         """Only the members at these positions train on."""

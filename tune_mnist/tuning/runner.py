@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 from ray import tune
 
-from tune_mnist import files, storage
+from tune_mnist import files, profile, storage
 from tune_mnist.data import Mnist
 from tune_mnist.errors import UserError
 from tune_mnist.tuning import members as report_format
@@ -37,7 +37,8 @@ STATES = ("state.pt", "search.pt")  # what a trial's checkpoint holds: a populat
 KEEP_CHECKPOINTS = 2  # the experiment state saved last can name the checkpoint before the newest: keep it
 # Ray's state files, the experiment's first: a restore reads the newest of each
 RAY_STATES = ("experiment_state-", "basic-variant-state-", "search_gen_state-", "searcher-state-", "callback-states-")
-ENDED = "ended"  # the run folder's folder of ended experiments' rows (<experiment>.csv): interrupted.csv lists them
+ENDED = "ended"  # the run folder's record of ended experiments: <experiment>/rows.csv (interrupted.csv lists them)
+# and <experiment>/timing.json (profile.py); beside tune/, which may be on --storage
 LOST = "does not exist on storage anymore"  # Ray's error for a trial restored from a checkpoint it had removed
 
 
@@ -119,6 +120,7 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
     that ended before it, are written to the run's interrupted.csv, unless stop_on_interrupt, where Ctrl-C is how
     the study ends (the random search) and the grid is returned. Failed (a UserError) if every trial failed.
     """
+    started = time.time()
     space = param_space or {}
     wrapped = tune.with_resources(tune.with_parameters(trainable, data=data),
                                   {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
@@ -153,7 +155,6 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
                     checkpoint_at_end=True if checkpoint_every else None),
             ),
         )
-    start = time.time()
     with pending_trials(max(1, math.ceil(trial_slots(res))) if search_alg else None), RayMessages() as ray_log:
         grid = tuner.fit()
         lost = [r for r in grid if r.error is not None and LOST in str(r.error)]
@@ -162,11 +163,12 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
                   "state, saved every few seconds, was older than the trial): they train again from the start",
                   flush=True)
             grid = restore(restart_errored=True).fit()
-    ended = run_dir / ENDED / f"{name}.csv"
+    ended = run_dir / ENDED / name / "rows.csv"
+    profile.save_experiment(ended.parent, started, [r.metrics for r in grid if r.metrics])
     if ray_log.interrupted and not stop_on_interrupt:
         # the trials that ended: a report marked done, or an error (the others were stopped mid-training)
         finished = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
-        frames = [files.read_table(f) for f in sorted((run_dir / ENDED).glob("*.csv")) if f != ended]
+        frames = [files.read_table(f) for f in sorted((run_dir / ENDED).glob("*/rows.csv")) if f != ended]
         frames += [experiment_rows(name, finished)] if finished else []
         if frames:
             files.write_csv(run_dir / "interrupted.csv", pd.concat(frames, ignore_index=True))
@@ -178,7 +180,7 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
     if not ray_log.interrupted:
         prune_checkpoints(grid, keep_last=not prune)
         files.write_csv(ended, experiment_rows(name, list(grid)))
-    print(f"[{name}] {len(grid)} trials in {time.time() - start:.1f} s", flush=True)
+    print(f"[{name}] {len(grid)} trials in {time.time() - started:.1f} s", flush=True)
     return grid
 
 
@@ -193,8 +195,12 @@ def grid_size(space: dict[str, Any], num_samples: int) -> tuple[int, int | None]
 
 
 def experiment_rows(name: str, results: Sequence[tune.Result]) -> pd.DataFrame:
-    """An experiment's rows for interrupted.csv: one per member, with the experiment's name."""
-    return member_rows(rows(results, ["members"])).assign(experiment=name)
+    """An experiment's rows for interrupted.csv: one per member (one per trial where the trials have no members, as
+    random's searches), with the experiment's name."""
+    frame = rows(results, ["members"])
+    members = frame.get("members", pd.Series(dtype=object))
+    split = member_rows(frame) if members.notna().all() else frame.drop(columns="members")
+    return split.assign(experiment=name)
 
 
 def last_line(error: Any) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from ray import tune
 
-from tune_mnist import models
+from tune_mnist import models, profile
 from tune_mnist.data import DeviceSplit, Mnist, to_device
 from tune_mnist.population import Member, Population
 from tune_mnist.train import TrainConfig, Trainer
@@ -44,7 +44,12 @@ def load_state(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
 
 def train(data: Mnist, members: Sequence[Member], cfg: TrainConfig, extra: dict[str, Any] | None = None,
           halving: Halving | None = None, finish: Finish | None = None) -> None:
-    """Trains the members as one population in this Tune trial, resuming from its checkpoint if it has one."""
+    """Trains the members as one population in this Tune trial, resuming from its checkpoint if it has one.
+
+    Besides the members' metrics, each report holds where the trial's time went (profile.TRIAL_KEYS): its
+    worker's start, the trainer's Timing, and the seconds spent saving checkpoints and reporting so far."""
+    entered_at = time.time()
+    worker_started_at = profile.process_started_at() or entered_at
     device = cluster.trial_device()
     saved = load_state(tune.get_checkpoint())
     state = saved or {"epoch": 0, "ids": list(range(len(members))), "stopped": {}}
@@ -57,7 +62,9 @@ def train(data: Mnist, members: Sequence[Member], cfg: TrainConfig, extra: dict[
         pop.load(state["params"])
         trainer.opt.load_state_dict(state["optimizer"])
         initial = {k: v.to(device) for k, v in state["initial"].items()} if finish else None
-    fixed = {"population": len(members), **cluster.placement(device), **(extra or {})}
+    fixed = {"population": len(members), **cluster.placement(device), **(extra or {}),
+             "worker_started_at": worker_started_at, "entered_at": entered_at}
+    finished = reported = 0.0  # seconds: transplant's swaps; checkpoints saved and reports handed over
 
     for metrics in trainer.epochs(state["epoch"]):
         epoch = metrics[0]["epoch"]
@@ -72,19 +79,26 @@ def train(data: Mnist, members: Sequence[Member], cfg: TrainConfig, extra: dict[
             if r not in keep:
                 stopped[ids[r]] = m
         if last and finish:
+            begun = time.perf_counter()
             for m, more in zip(metrics, finish(pop, initial, splits)):
                 m.update(more)
+            finished = time.perf_counter() - begun
         report = report_format.encode({**(stopped if last else {}), **{ids[r]: m for r, m in enumerate(metrics)}})
         going = [metrics[r] for r in keep] or metrics
         means = {k: sum(m[k] for m in going) / len(going) for k, v in going[0].items() if isinstance(v, (int, float))}
         trainer.keep(keep)
         ids = [ids[r] for r in keep]
+        begun = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
             torch.save({"epoch": epoch, "ids": ids, "stopped": stopped, "initial": initial,
                         "params": {k: v.detach() for k, v in pop.params.items()},
                         "optimizer": trainer.opt.state_dict()}, Path(d) / STATE)
-            tune.report({**means, **report, **fixed, "reported_at": time.time()},
+            timing = trainer.timing.report()
+            timing["eval_seconds"] += finished
+            timing["report_seconds"] = reported + time.perf_counter() - begun  # this report's hand-over not yet
+            tune.report({**means, **report, **fixed, **timing, "reported_at": time.time()},
                         checkpoint=tune.Checkpoint.from_directory(d))
+        reported += time.perf_counter() - begun
 
 
 def member_state(state: dict[str, Any], member: int, spec: dict[str, Any]) -> dict[str, torch.Tensor]:
