@@ -25,8 +25,8 @@ from tune_mnist import settings
 from tune_mnist.studies import budget
 from tune_mnist.tuning import search
 
-# the budget study's stage-2 space, as its TOML sets it
-SPACE = budget.optuna_space(settings.Space(budget.Settings, "budget").settings(argparse.Namespace()))
+# the budget study's stage-2 space, as its TOML sets it, over depths 1 to 3
+SPACE = budget.optuna_space(settings.Space(budget.Settings, "budget").settings(argparse.Namespace()), (1, 2, 3))
 
 
 def loss(member: dict, epoch: int, rng: random.Random) -> float:

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from tune_mnist import closed_form, models
+from tune_mnist import cli, closed_form, models
 from tune_mnist.studies import budget
 
 
@@ -112,3 +112,16 @@ def test_halving_of_a_resumed_trial_knows_its_members():
     keep = budget.halving(1, 2, 10, groups, alive=[0, 1, 2, 3])  # resumed after epoch 1 with members 0-3
     assert rung(keep, 2, [0.3, 0.1, 0.2, 0.4]) == [1, 2]  # a: members 0, 2 -> 2; b: members 1, 3 -> 1
     assert budget.halving(1, 2, 10)(1, [{"val_loss": v} for v in (0.3, 0.1, 0.2, 0.4)]) == [1, 2]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trials", "12"], "--trials must be a multiple of 8 (4 shape families x weight decay off and on)"),
+    (["--search-population", "6"], "--search-population must be a multiple of 8"),
+    (["--shapes", "decreasing", "free"], "--shapes must include uniform"),
+    (["--search-depths", "1"], "--search-depths 1: no MLP of 1 hidden layers holds P=5000 within 1%"),
+    (["--lrs", "0"], "--lrs must be positive"),
+])
+def test_bad_budget_settings_are_one_line_exit_2_and_write_nothing(argv, message, tmp_path, capsys):
+    assert cli.main(["budget", "--P", "5000", *argv, "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and not (tmp_path / "results").exists()

@@ -79,6 +79,9 @@ def check(s: Settings) -> None:
     for P in s.P:
         require(P >= closed_form.MIN_P, f"P={P} is too small: the smallest MLP (k=1, m=1) has {closed_form.MIN_P} "
                                         "parameters")
+        held = closed_form.feasible_depths(P, max(s.search_depths, default=1))
+        for k in s.search_depths:
+            require(k in held, f"--search-depths {k}: no MLP of {k} hidden layers holds P={P} within 1%")
     for name in ("epochs", "seeds", "max_depth", "population", "search_population", "prune_grace", "prune_factor",
                  "confirm_seeds"):
         require(getattr(s, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
@@ -185,10 +188,10 @@ def grid(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.Resources
 
 def search_depths(s: Settings, P: int, grid_rows: pd.DataFrame) -> list[int]:
     """The depths the search covers: --search-depths, else the best depth of stage 1 and its neighbours."""
-    feasible = closed_form.feasible_depths(P, max([*s.search_depths, s.max_depth + s.depth_window]))
     if s.search_depths:
-        return [k for k in sorted(set(s.search_depths)) if k in feasible]
+        return sorted(set(s.search_depths))
     best = design.best_depth(design.depth_table(grid_rows), P)
+    feasible = closed_form.feasible_depths(P, s.max_depth + s.depth_window)
     return [] if best is None else design.window(best, s.depth_window, feasible)
 
 
@@ -256,7 +259,7 @@ def confirm(s: Settings, P: int, searched: pd.DataFrame, run_dir: Path, data: Mn
                 e = entry(c.k, closed_form.parse_widths(c.widths), c.shape, c.activation, c.lr, decay, seed)
                 entries.append({**e, "config": c.config, "roles": c.roles, "selection_val_loss": c.val_loss,
                                 "ablation": int(decay != c.weight_decay)})
-    return train_groups(s, P, "confirm", by_population(entries, max(s.population, 1)), run_dir, data, res)
+    return train_groups(s, P, "confirm", by_population(entries, s.population), run_dir, data, res)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -266,7 +266,8 @@ def importance(run_dir: Path, trials: pd.DataFrame, grace: int) -> pd.DataFrame:
 
 
 def importances(runs: pd.DataFrame, value: str) -> dict[str, float]:
-    """Optuna's importances (its default, PED-ANOVA) of the parameters that vary among these trials ({} for fewer than 2 trials)."""
+    """Optuna's importances (its default, PED-ANOVA) of the parameters that vary among these trials ({} for fewer
+    than 2 trials)."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 

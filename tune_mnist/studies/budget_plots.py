@@ -14,6 +14,7 @@ def depth_curves(path: Path, depths: pd.DataFrame, reference: tuple[str, float] 
     """Final training loss and test loss against depth k, one curve per P (mean ± std over seeds at each depth's
     chosen lr); a depth that did not train is an open marker, off the curve, at its loss."""
     fig, axes = plots._pyplot().subplots(1, 2, figsize=(12, 4.5), squeeze=False, layout="constrained")
+    ks = sorted(depths.loc[depths["k"] > 0, "k"].unique())
     for ax, (y, spread) in zip(axes.flat, (("final_train_loss", "train_spread"), ("test_loss", "test_spread"))):
         for P, part in depths[depths["k"] > 0].groupby("P", sort=True):
             part = part.sort_values("k")
@@ -27,6 +28,7 @@ def depth_curves(path: Path, depths: pd.DataFrame, reference: tuple[str, float] 
             ax.axhline(reference[1], color="k", linestyle="--", linewidth=1, label=reference[0])
         ax.set(xlabel="hidden layers k (uniform width m_P(k))", ylabel=y)
         plots._log_axes(ax, True, True)
+        ax.set_xticks(ks, [str(k) for k in ks])
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle("Loss against depth at a fixed parameter budget (each depth at its best lr; mean ± std over seeds)")
@@ -36,7 +38,8 @@ def depth_curves(path: Path, depths: pd.DataFrame, reference: tuple[str, float] 
 def bars(path: Path, frame: pd.DataFrame, x: str, y: str, panel: str, *, title: str, ylabel: str) -> None:
     """One subplot per value of `panel`, a horizontal bar per x."""
     keys = sorted(frame[panel].unique())
-    fig, axes = plots._pyplot().subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False, layout="constrained")
+    fig, axes = plots._pyplot().subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False,
+                                         layout="constrained")
     for ax, key in zip(axes.flat, keys):
         part = frame[frame[panel] == key].sort_values(y)
         ax.barh(part[x].astype(str), part[y])

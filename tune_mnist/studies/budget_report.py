@@ -67,16 +67,23 @@ def sentence(row: pd.Series, a: str, b: str, short_a: str, short_b: str) -> str:
     return text + (f". **{DISAGREE[row['metrics']]}**" if row["metrics"] in DISAGREE else "")
 
 
-def comparisons(frame: pd.DataFrame, P: int, where: str) -> list[str]:
-    """One bullet per row of a comparison table at P: the verdict, or why it was not compared."""
-    lines = []
-    for _, row in frame[frame["P"] == P].iterrows() if len(frame) else []:
-        at = f"k = {row['k']}, " if "k" in row else ""
+def comparisons(frame: pd.DataFrame, P: int, where: str) -> str:
+    """How many of the comparisons at P detect a difference in test loss, then a bullet per row of the table: the
+    verdict, or why it was not compared."""
+    lines, found, tested = [], [], 0
+    for _, row in (frame[frame["P"] == P] if len(frame) else frame).iterrows():
+        at = f"k = {row['k']}, {row['shape']}" if "k" in row else row["shape"]
         if pd.isna(row.get("loss_p", math.nan)):
-            lines.append(f"- {at}{row['shape']}: not compared: {row['note']}.")
-        else:
-            lines.append(f"- {at}{sentence(row, row['a'], row['b'], row['shape'], 'uniform')}.")
-    return lines or [f"- nothing to compare {where}"]
+            lines.append(f"- {at}: not compared: {row['note']}.")
+            continue
+        tested += 1
+        lines.append(f"- {at}: {sentence(row, row['a'], row['b'], row['shape'], 'uniform')}.")
+        if row["loss_detected"]:
+            winner, loser = (row["shape"], "uniform") if row["loss_difference"] < 0 else ("uniform", row["shape"])
+            found.append(f"{winner} better than {loser}" + (f" at k = {row['k']}" if "k" in row else ""))
+    head = (f"{len(found)} of {tested} comparison{'s detect' if tested > 1 else ' detects'} a difference in test "
+            f"loss{' (' + '; '.join(found) + ')' if found else ''}.\n\n" if tested else "")
+    return head + "\n".join(lines or [f"- nothing to compare {where}"])
 
 
 def stage1(depths: pd.DataFrame, P: int, searched: list[int]) -> str:
@@ -121,10 +128,10 @@ def answer(trials: pd.DataFrame, t: dict[str, pd.DataFrame]) -> str:
             continue
         paragraphs.append(f"*Shape at equal depth* (each family's best net of depth k against the uniform net of "
                           f"that depth; {balance(covered, P)}):\n\n"
-                          + "\n".join(comparisons(t["shapes.csv"], P, "at a depth k >= 2")))
+                          + comparisons(t["shapes.csv"], P, "at a depth k >= 2"))
         paragraphs.append("*Whatever the depth* (a separate question: each family's best net at any depth of the "
                           "search against the best uniform net at any depth):\n\n"
-                          + "\n".join(comparisons(t["any_depth.csv"], P, "")))
+                          + comparisons(t["any_depth.csv"], P, "at any depth"))
         decay = t["weight_decay.csv"]
         decay = decay[decay["P"] == P] if len(decay) else decay
         if len(decay) and pd.notna(decay.iloc[0].get("loss_p", math.nan)):
@@ -201,10 +208,10 @@ def draw(trials: pd.DataFrame, t: dict[str, pd.DataFrame], settings: dict[str, A
             for role in str(r["roles"]).split(";"):
                 if role.startswith("k="):
                     k, family = role[2:].split(" ")
-                    rows.append({**r, "family": family, "at": f"P={r['P']:,} k={k}"})
+                    rows.append({**r, "family": family, "P, k": f"{r['P']:,}, {k}"})
         if rows:
             plots.intervals(out / "shapes.png", pd.DataFrame(rows), "family",
-                            [("test loss (evaluation seeds)", "test_loss", "test_loss_low", "test_loss_high")], "at",
+                            [("test loss (evaluation seeds)", "test_loss", "test_loss_low", "test_loss_high")], "P, k",
                             ylabel="test loss (95% CI)", title="Each family's best net at each depth")
             drawn.append(("shapes.png", "Each family's best net of each depth of the search: test loss over the "
                                         "evaluation seeds, with 95% intervals"))
@@ -212,7 +219,8 @@ def draw(trials: pd.DataFrame, t: dict[str, pd.DataFrame], settings: dict[str, A
         budget_plots.bars(out / "importance.png", important.assign(panel=[f"P={P:,}: {o}" for P, o in zip(
             important["P"], important["over"])]), "param", "importance", "panel", ylabel="importance (PED-ANOVA)",
             title="Which settings the validation loss depends on")
-        drawn.append(("importance.png", "Optuna's importances (PED-ANOVA), over all search trials and over the finished"))
+        drawn.append(("importance.png", "Optuna's importances (PED-ANOVA), over all search trials and over the "
+                                        "finished ones"))
     done = design.finished(trials)
     done = done[done["test_acc"].notna()]
     if done["P"].nunique() > 1:  # one budget's nets all sit at P
@@ -235,7 +243,8 @@ EVIDENCE = (("depths.csv", "Stage 1: depth", "Each depth at its chosen lr (means
              "it, and its test loss and accuracy over the evaluation seeds."),
             ("coverage.csv", "What the search covered", "Trials per depth and family: started, finished, stopped "
              "early by successive halving, diverged."),
-            ("importance.csv", "What matters", "Optuna's importances (PED-ANOVA: which settings set the best 10% of trials apart); `over` says which trials and which value."))
+            ("importance.csv", "What matters", "Optuna's importances (PED-ANOVA: which settings set the best 10% of "
+             "trials apart); `over` says which trials and which value."))
 
 
 def write_report(run_dir: Path, out: Path, trials: pd.DataFrame) -> None:
