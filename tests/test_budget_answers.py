@@ -38,7 +38,8 @@ def synthetic(rng: np.random.Generator, base: dict[int, float], effects: dict[tu
                            error="", stopped_early=0, val_loss=truth + selection_noise * rng.normal(size=len(search)),
                            test_loss=truth, test_acc=0.97, checkpoint="", truth=truth)
     chosen = design.choose(search, top=1)
-    confirm = chosen.drop(columns="seed").merge(pd.DataFrame({"seed": design.evaluation_seeds(seeds), "i": range(seeds)}), how="cross")
+    seeding = pd.DataFrame({"seed": design.evaluation_seeds(seeds), "i": range(seeds)})
+    confirm = chosen.drop(columns="seed").merge(seeding, how="cross")
     shared = rng.normal(0, 3 * noise, (runs, seeds))[confirm["P"] - P, confirm["i"]]
     loss = confirm["truth"] + shared + noise * rng.normal(size=len(confirm))
     confirm = confirm.assign(stage="confirm", selection_val_loss=confirm["val_loss"], ablation=0, val_loss=loss,
@@ -69,7 +70,8 @@ def test_per_depth_comparison_finds_the_shape_effect_that_the_old_comparison_con
     for shape in ("increasing", "free"):
         assert not answers.comparison(row(shaped, k=2, shape=shape), "loss").detected
 
-    old = answers.compare(answers.by_role(trials), P, "k=2 decreasing", "any uniform")  # best non-uniform vs best uniform, any depth
+    # the old comparison: the best non-uniform net against the best uniform net, whatever their depths
+    old = answers.compare(answers.by_role(trials), P, "k=2 decreasing", "any uniform")
     assert old["b"].startswith("one layer") and old["loss"].detected and old["loss"].difference.mean > 0
     # whatever the depth, the best decreasing net is the one-layer net: no non-uniform decreasing net did better
     assert "has one layer" in row(anywhere, shape="decreasing")["note"]
