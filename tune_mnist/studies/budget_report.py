@@ -32,14 +32,15 @@ def table(run_dir: Path, name: str) -> pd.DataFrame:
 def write(run_dir: Path, trials: pd.DataFrame, best: dict[str, Any]) -> dict[str, Any]:
     """The answers' tables, figures and REPORT.md; the summary line's fields."""
     settings = runs.read(run_dir)["settings"]
-    covered = answers.coverage(trials, settings["shapes"])
-    frames = {"depths.csv": design.depth_table(trials), "coverage.csv": covered,
-              "shapes.csv": answers.shapes(trials, covered), "any_depth.csv": answers.any_depth(trials, covered),
-              "weight_decay.csv": answers.weight_decay(trials), "ablation.csv": answers.ablation(trials),
-              "confirmed.csv": answers.confirmed_table(trials),
-              "importance.csv": answers.importance(run_dir, trials, settings["prune_grace"])}
+    frames = {"depths.csv": design.depth_table(trials), "confirmed.csv": answers.confirmed_table(trials)}
+    if len(answers.search_rows(trials)):  # a run without a search has none of its answers
+        covered = answers.coverage(trials, settings["shapes"])
+        frames.update({"coverage.csv": covered, "shapes.csv": answers.shapes(trials, covered),
+                       "any_depth.csv": answers.any_depth(trials, covered),
+                       "weight_decay.csv": answers.weight_decay(trials), "ablation.csv": answers.ablation(trials),
+                       "importance.csv": answers.importance(run_dir, trials, settings["prune_grace"])})
     for name, frame in frames.items():
-        if len(frame):  # a run without a search has none of its answers
+        if len(frame):
             write_csv(run_dir / name, frame)
     write_report(run_dir, run_dir, trials)
     summary: dict[str, Any] = {"trials": len(trials), "errors": int(trials["error"].ne("").sum()),
@@ -48,7 +49,7 @@ def write(run_dir: Path, trials: pd.DataFrame, best: dict[str, Any]) -> dict[str
         if entries:
             summary[f"P{P}_best"] = f"{entries[0]['widths']}/{entries[0]['activation']}"
             summary[f"P{P}_test_acc"] = round(entries[0]["test_acc_mean"], 4)
-        shaped = frames["shapes.csv"]
+        shaped = frames.get("shapes.csv", pd.DataFrame())
         if "loss_detected" in shaped:
             tested = shaped[(shaped["P"] == int(P)) & shaped["loss_p"].notna()]
             summary[f"P{P}_shape_differences"] = f"{int(tested['loss_detected'].sum())}/{len(tested)}"
