@@ -194,9 +194,10 @@ def test_atomic_write_leaves_no_half_file(tmp_path):
 
 
 def test_unreachable_address_is_one_line_and_quick(tmp_path):
-    start = time.time()
-    done = run_cli("budget", "--smoke", "--address", "127.0.0.1:9", "--results", str(tmp_path / "results"))
-    assert done.returncode == 2 and time.time() - start < 30
+    # Ray alone retries such an address for minutes; the bound leaves room for a loaded machine's imports
+    done = run_cli("budget", "--smoke", "--address", "127.0.0.1:9", "--results", str(tmp_path / "results"),
+                   timeout=120)
+    assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "cannot reach a Ray cluster at --address 127.0.0.1:9" in done.stderr
     assert not (tmp_path / "results").exists()
 

@@ -171,10 +171,10 @@ def by_population(entries: list[dict[str, Any]], size: int) -> list[list[dict[st
 
 
 def train_groups(s: Settings, P: int, stage: str, groups: list[list[dict[str, Any]]], run_dir: Path, data: Mnist,
-                 res: cluster.Resources) -> pd.DataFrame:
+                 res: cluster.Resources, prune: bool = False) -> pd.DataFrame:
     return runner.populations(trainable, run_dir, f"P{P}-{stage}", res, data, shared(s, P, stage), groups,
                               keep=["P", "stage"], shown=["k", "widths", "lr", "seed"],
-                              tensorboard=run_dir / "tensorboard" / f"P{P}-{stage}")
+                              tensorboard=run_dir / "tensorboard" / f"P{P}-{stage}", prune=prune)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -183,7 +183,8 @@ def train_groups(s: Settings, P: int, stage: str, groups: list[list[dict[str, An
 def grid(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.Resources) -> pd.DataFrame:
     entries = [entry(k, [closed_form.width_for(k, P)] * k if k else [], "uniform", s.activation, lr, 0.0, seed)
                for k in [0, *closed_form.depth_grid(P, s.max_depth)] for lr in s.lrs for seed in range(s.seeds)]
-    return train_groups(s, P, "grid", by_population(entries, s.population), run_dir, data, res)
+    # export reads the grid's checkpoints only where no confirmation stage follows
+    return train_groups(s, P, "grid", by_population(entries, s.population), run_dir, data, res, prune=s.trials > 0)
 
 
 def search_depths(s: Settings, P: int, grid_rows: pd.DataFrame) -> list[int]:
@@ -239,7 +240,8 @@ def search_stage(s: Settings, P: int, k: int, run_dir: Path, data: Mnist, res: c
                                        strata={"shape": s.shapes, "decay": list(design.DECAY)})
     found = runner.run(trainable, run_dir, f"P{P}-search-k{k}", res, data, num_samples=s.trials, search_alg=searcher,
                        shown=["k", "activation", "population"], total=math.ceil(s.trials / s.search_population),
-                       callbacks=[runner.MemberTensorboard(run_dir / "tensorboard" / f"P{P}-search-k{k}")])
+                       nets=s.trials, tensorboard=run_dir / "tensorboard" / f"P{P}-search-k{k}",
+                       hparams=["P", "stage"], prune=True)
     rows = runner.member_rows(runner.rows(found, ["P", "stage", "members"]))
     return rows.assign(config=[design.config_id(P, k, n) for n in rows["number"]])
 

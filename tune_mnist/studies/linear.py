@@ -90,7 +90,8 @@ def grid(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources, name: 
     epochs = max(s.epoch_counts)
     space = {"epochs": epochs, "eval_every": min(s.eval_every, epochs), "grid": name,
              "members": tune.grid_search([[r] for r in runs])}
-    results = runner.run(trainable, run_dir, name, res, data, param_space=space, shown=["lr", "seed", "init_scale"])
+    results = runner.run(trainable, run_dir, name, res, data, param_space=space, shown=["lr", "seed", "init_scale"],
+                         tensorboard=run_dir / "tensorboard" / name, hparams=["grid"])
     return runner.member_rows(runner.rows(results, ["grid", "members"])), results
 
 

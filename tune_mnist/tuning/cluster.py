@@ -1,8 +1,10 @@
-"""Start or join Ray, settle the resources a trial takes, and give a trial the device Ray assigned it."""
+"""Check --address and start or join Ray, settle the resources a trial takes, give a trial its device."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -15,6 +17,12 @@ from tune_mnist.errors import UserError
 from tune_mnist.warmup import use_tf32
 
 CLIENT_ATTEMPTS = 4
+CLIENT_PORT = 10001  # Ray Client's port where ray://host names none
+CONNECT_TIMEOUT_S = 3.0
+ADDRESS_FORMS = "local, auto, host:port or ray://host[:port], with a port from 1 to 65535"
+_HOST = r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+_ENDPOINT = re.compile(_HOST + r":(?P<port>[0-9]{1,5})")
+_CLIENT = re.compile("ray://" + _HOST + r"(?::(?P<port>[0-9]{1,5}))?")
 
 
 @dataclass
@@ -27,15 +35,51 @@ class Resources:
     storage: str = ""              # this run's folder in shared storage (storage.py); "": the run folder
 
 
-def _probe(address: str) -> None:
-    """Fails fast on a host:port nobody listens on; ray.init would retry for ~20 s, logging all the while."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
+def endpoint(address: str) -> tuple[str, int] | None:
+    """The host and port an --address names (None for local and auto); UserError, one line, for anything else."""
+    if address in ("local", "auto"):
+        return None
+    match = _ENDPOINT.fullmatch(address) or _CLIENT.fullmatch(address)
+    port = int(match["port"] or CLIENT_PORT) if match else 0
+    if not 1 <= port <= 65535:
+        raise UserError(f"--address {address!r} is not {ADDRESS_FORMS}")
+    return match["host"].strip("[]"), port
+
+
+def probe(address: str) -> None:
+    """Fails fast, within seconds and open to Ctrl-C, where nobody listens or what listens is no Ray (Ray's own
+    connect retries for minutes, logging all the while, and holds Ctrl-C off): a TCP connect, then the start of a
+    gRPC connection, which the GCS and Ray Client's server both answer."""
+    import grpc
+
+    if (found := endpoint(address)) is None:
         return
+    host, port = found
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
         raise UserError(f"cannot reach a Ray cluster at --address {address}: {e.strerror or e}") from None
+    channel = grpc.insecure_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
+    except grpc.FutureTimeoutError:
+        raise UserError(f"cannot reach a Ray cluster at --address {address}: what listens there does not answer "
+                        f"as Ray does within {CONNECT_TIMEOUT_S:g} s") from None
+    finally:
+        channel.close()
+
+
+def quiet_ray() -> None:
+    """Keeps Ray's token-authentication notice off stderr, where a refusal must be the only line (the README says
+    how to share or disable the token)."""
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
+def private_files() -> None:
+    """From here on, what this command writes (the run folder, Ray's state) no one else may write: a resume reads
+    Ray's pickled state only from such a folder (runner.check_trusted), so a umask that lets the group write would
+    make every run unresumable."""
+    os.umask(os.umask(0) | 0o022)
 
 
 def local_gpu() -> bool:
@@ -44,10 +88,14 @@ def local_gpu() -> bool:
 
 
 def connect(address: str) -> bool:
-    """Starts or joins Ray; whether the cluster has GPUs."""
+    """Starts or joins Ray; whether the cluster has GPUs. A bad or unreachable address is a UserError, within
+    seconds."""
+    endpoint(address)
+    quiet_ray()
+    private_files()
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        _probe(address)
+        probe(address)
         for attempt in range(CLIENT_ATTEMPTS):
             try:
                 ray.init(address=address, include_dashboard=False, configure_logging=False,
