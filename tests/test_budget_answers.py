@@ -127,7 +127,8 @@ def test_a_depth_at_chance_did_not_train_and_each_depth_keeps_its_best_lr():
     assert depths.loc[2, "lr"] == 3e-3 and depths.loc[2, "trained"] and depths.loc[2, "note"] == ""
     assert not depths.loc[24, "trained"] and depths.loc[24, "note"] == "did not train: loss at chance"
     assert design.best_depth(depths.reset_index(), P) == 2
-    assert design.window(1, 1, (1, 2, 3)) == [1, 2] and design.window(4, 1, (2, 3, 4, 5)) == [3, 4, 5]
+    assert design.window(1, 1, 100_000) == [1, 2] and design.window(4, 1, 100_000) == [3, 4, 5]
+    assert design.window(2, 1, 5_000) == [2, 3]  # no one-layer net holds 5,000 within 1%
 
 
 def test_ablation_pools_over_configurations():

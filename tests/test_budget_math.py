@@ -48,7 +48,7 @@ def test_width_for_rejects_impossible_depth():
 @pytest.mark.parametrize("P", [5_000, 25_000, 100_000, 400_000])
 def test_fit_profile_within_one_percent_and_of_its_family(shape, P):
     rng = random.Random(P)
-    for k in closed_form.feasible_depths(P, 6):
+    for k in (k for k in range(1, 7) if closed_form.holds(k, P)):
         free = [rng.uniform(0.05, 1) for _ in range(k)]
         for ratio in (0.3, 0.6, 0.9):
             try:
@@ -71,11 +71,11 @@ def test_the_last_width_keeps_the_profile_order():
     assert closed_form.fit_widths([1.0, 0.5, 0.25], 100_000) == [116, 58, 31]
 
 
-def test_feasible_depths_skip_the_single_layer_gap():
+def test_depths_that_hold_P_skip_the_single_layer_gap():
     # one hidden layer moves in steps of 795 parameters: 4,780 and 5,575 both miss 5,000 by more than 1%
-    assert closed_form.feasible_depths(5_000, 6) == (2, 3, 4, 5, 6)
-    assert closed_form.feasible_depths(100_000, 6) == (1, 2, 3, 4, 5, 6)
-    assert closed_form.feasible_depths(805, 6) == (1,)
+    assert [k for k in range(1, 7) if closed_form.holds(k, 5_000)] == [2, 3, 4, 5, 6]
+    assert [k for k in range(1, 7) if closed_form.holds(k, 100_000)] == [1, 2, 3, 4, 5, 6]
+    assert closed_form.holds(1, 805) and not closed_form.holds(2, 805) and not closed_form.holds(0, 100_000)
     with pytest.raises(ValueError):
         closed_form.fit_widths([1.0], 5_000)
 
@@ -119,7 +119,7 @@ def test_halving_of_a_resumed_trial_knows_its_members():
     (["--search-population", "6"], "--search-population must be a multiple of 8"),
     (["--shapes", "decreasing", "free"], "--shapes must include uniform"),
     (["--search-depths", "1"], "--search-depths 1: no MLP of 1 hidden layers holds P=5000 within 1%"),
-    (["--lrs", "0"], "--lrs must be positive"),
+    (["--depth-window", "1001"], "--depth-window 1001: must be <= 1000"),
 ])
 def test_bad_budget_settings_are_one_line_exit_2_and_write_nothing(argv, message, tmp_path, capsys):
     assert cli.main(["budget", "--P", "5000", *argv, "--results", str(tmp_path / "results")]) == 2

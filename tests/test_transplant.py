@@ -100,7 +100,7 @@ def test_transplant_outputs_widen_the_last_layer(results, ray_session, tmp_path,
     listed = " ".join(f"{k}={','.join(map(str, v)) or 'none'}" for k, v in found.items())
     assert re.search(rf"^STUDY=transplant .* {listed} ", out, re.M), out
     args = cli.build_parser().parse_args(["transplant", "--outputs", "9"])
-    with pytest.raises(UserError, match="--outputs must be >= 10"):
+    with pytest.raises(UserError, match="--outputs 9: must be >= 10"):
         transplant.check(settings.Space(transplant.Settings, "transplant").settings(args))
 
 

@@ -136,15 +136,17 @@ time.sleep(300)
 
 @pytest.mark.slow
 def test_a_run_folder_in_use_is_refused_until_its_holder_dies(tmp_path):
-    run_dir = tmp_path / "linear" / "r"
-    args = cli.build_parser().parse_args(["linear", "--train-limit", "-5"])
+    run_dir, no_data = tmp_path / "linear" / "r", tmp_path / "no_data"
+    no_data.mkdir()
+    args = cli.build_parser().parse_args(["linear"])
     s = settings.Space(linear.Settings, "linear").settings(args, smoke=True)
-    runs.start(run_dir, "linear", dataclasses.asdict(s), [])  # a resume of it stops at --train-limit, before Ray starts
+    files.write_json(run_dir / "run.json", {"study": "linear", "settings": dataclasses.asdict(s)})
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    resume = ("linear", "--resume", str(run_dir), "--data", str(no_data))  # past the lock, it stops at the data
     try:
         assert holder.stdout.readline() == "held\n"
         before = sorted(p.name for p in run_dir.iterdir())
-        refused = run_cli("linear", "--resume", str(run_dir), timeout=120)
+        refused = run_cli(*resume, timeout=120)
         assert refused.returncode == 2 and refused.stderr == (
             f"tune_mnist: error: {run_dir} is in use by another command (pid {holder.pid}): "
             "wait for it to finish, or stop it\n")
@@ -152,9 +154,9 @@ def test_a_run_folder_in_use_is_refused_until_its_holder_dies(tmp_path):
     finally:
         holder.kill()  # SIGKILL: the lock goes with the process all the same
         holder.wait()
-    resumed = run_cli("linear", "--resume", str(run_dir), timeout=120)
+    resumed = run_cli(*resume, timeout=120)
     assert resumed.returncode == 2 and resumed.stderr.strip() == (
-        "tune_mnist: error: --train-limit/--eval-limit must be >= 0"), "past the lock, to the next check"
+        f"tune_mnist: error: no MNIST idx files in {no_data} (expected train-images-idx3-ubyte[.gz] and three more)")
 
 
 def test_a_process_may_lock_a_folder_it_holds_again(tmp_path):

@@ -106,17 +106,17 @@ def fit_profile(relative: Sequence[float], P: int) -> list[int]:
     return fit_widths(relative, P)
 
 
-@functools.cache  # every Optuna trial of the budget search asks, and each call bisects once per depth
-def feasible_depths(P: int, largest: int) -> tuple[int, ...]:
-    """Depths at which some uniform-ish net lands within 1% of P (one hidden layer moves in steps of 795)."""
-    ks = []
-    for k in range(1, min(largest, k_max(P)) + 1):
-        try:
-            fit_widths([1.0] * k, P)
-            ks.append(k)
-        except ValueError:
-            pass
-    return tuple(ks)
+@functools.cache  # every search depth is asked about per P
+def holds(k: int, P: int) -> bool:
+    """Whether an MLP of k hidden layers of (nearly) one width lands within 1% of P (one hidden layer moves in steps
+    of 795 parameters, so k = 1 misses many P)."""
+    if not 1 <= k <= k_max(P):
+        return False
+    try:
+        fit_widths([1.0] * k, P)
+    except ValueError:
+        return False
+    return True
 
 
 def format_widths(widths: Sequence[int]) -> str:

@@ -8,7 +8,9 @@ anywhere, torchvision downloads into ``./data``; offline, the error names every 
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,16 +67,31 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:  # truncated gzip streams raise EOFError
+    except (OSError, EOFError, zlib.error) as e:  # a truncated stream: EOFError; corrupt deflate data: zlib.error
         raise UserError(f"cannot read MNIST file {path}: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8 or len(raw) < 4 + 4 * raw[3]:
         raise UserError(f"{path} is not an idx file of unsigned bytes")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise UserError(f"{path} is truncated: {body.size} bytes of data, header says {int(np.prod(dims))}")
+    if body.size != math.prod(dims):
+        raise UserError(f"{path} is truncated: {body.size} bytes of data, header says {math.prod(dims)}")
     return body.reshape(dims)
+
+
+def _check(paths: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
+    """Images N x 28 x 28 and as many labels 0..9, in each split's expected number."""
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise UserError(f"{paths[f'{split}_x']} holds an array of shape {x.shape}, not images N x 28 x 28")
+        if y.ndim != 1:
+            raise UserError(f"{paths[f'{split}_y']} holds an array of shape {y.shape}, not one label per image")
+        if len(y) and y.max() > 9:
+            raise UserError(f"{paths[f'{split}_y']} holds the label {y.max()}: MNIST's labels are 0 to 9")
+        if len(x) != len(y) or len(x) != EXPECTED_COUNT[split]:
+            raise UserError(f"MNIST {split} split has {len(x)} images and {len(y)} labels, "
+                            f"expected {EXPECTED_COUNT[split]}")
 
 
 def locate(data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
@@ -107,10 +124,7 @@ def _download(tried: list[Path]) -> dict[str, Path]:
 def load(data_dir: str | os.PathLike | None = None, val_size: int = VAL_SIZE) -> Mnist:
     paths = locate(data_dir)
     arrays = {key: _read_idx(path) for key, path in paths.items()}
-    for split in ("train", "test"):
-        n_x, n_y = len(arrays[f"{split}_x"]), len(arrays[f"{split}_y"])
-        if n_x != n_y or n_x != EXPECTED_COUNT[split]:
-            raise UserError(f"MNIST {split} split has {n_x} images and {n_y} labels, expected {EXPECTED_COUNT[split]}")
+    _check(paths, arrays)
     x = torch.from_numpy(arrays["train_x"].copy())
     y = torch.from_numpy(arrays["train_y"].astype(np.int64))
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))

@@ -1,4 +1,5 @@
-"""Atomic result files: write beside the target, then rename, so a crash never leaves half a file."""
+"""Result files and their folders: a file is written beside its target, then renamed, so a crash never leaves half
+a file; a folder given on the command line is checked before anything runs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,26 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tune_mnist.errors import UserError
+
+
+def check_folder(path: str | os.PathLike, flag: str, write: bool) -> None:
+    """UserError, one line, unless `path` is a folder this process may read (write: and write into), or, for
+    writing, one it may create: its nearest existing parent is a folder it may write into."""
+    if "\0" in str(path):
+        raise UserError(f"{flag} {path!r}: a path cannot hold NUL")
+    path = Path(path)
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except OSError as e:  # a name too long, say
+        raise UserError(f"{flag} {path}: {e.strerror or e}") from None
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: " + ("not a folder" if existing == path else f"{existing} is not a folder"))
+    if not write and existing != path:
+        raise UserError(f"{flag} {path}: no such folder")
+    if not os.access(existing, (os.W_OK if write else os.R_OK) | os.X_OK):
+        raise UserError(f"{flag} {path}: {existing} is not {'writable' if write else 'readable'}")
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:

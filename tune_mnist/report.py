@@ -9,22 +9,43 @@ import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pandas as pd
 
 from tune_mnist import runs
+from tune_mnist.errors import UserError
 from tune_mnist.files import atomic_write
+from tune_mnist.settings import Space
+
+if TYPE_CHECKING:
+    from tune_mnist.studies import Study
+
+
+def finished_run(run_dir: str | Path) -> tuple[Study, Any]:
+    """A finished run's study and settings, once its run.json, its settings (against the study's types and check)
+    and its tables (Study.tables) check out; UserError, one line, otherwise. Reads only."""
+    from tune_mnist.studies import load
+
+    meta = runs.read(run_dir)
+    study = load(meta["study"])
+    s = Space(study.settings, study.name).saved(meta["settings"], str(Path(run_dir) / runs.RUN_FILE))
+    study.check(s)
+    runs.check_tables(Path(run_dir), study.tables(s))
+    return study, s
 
 
 def redraw(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
-    """Draws the run's figures into `out` (default: the run folder) and returns their paths."""
-    from tune_mnist.studies import registry
-
-    run_dir = Path(run_dir)
+    """Draws a finished run's figures and REPORT.md into `out` (default: the run folder) and returns the figures'
+    paths; only `out` is created, once the run has checked out."""
+    study, _ = finished_run(run_dir)
     out = Path(out or run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    registry()[runs.read(run_dir)["study"]].report(run_dir, out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write the figures to {out}: {e.strerror or e}") from None
+    study.report(Path(run_dir), out)
     return sorted(out.glob("*.png"))
 
 

@@ -39,10 +39,11 @@ class TrainConfig:
     eval_every: int = 1         # evaluate and report every n epochs (and always after the last)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "TrainConfig":
-        """Picks this dataclass's fields out of a (larger) Tune config."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names})
+    def from_settings(cls, s: Any, **fixed: Any) -> "TrainConfig":
+        """This dataclass's fields that a study's Settings has, by name, and `fixed` ones the study sets itself
+        (linear: optimizer="sgd"). A trial gets it as config["train"] (as_dict) and rebuilds it with
+        TrainConfig(**config["train"])."""
+        return cls(**{f.name: getattr(s, f.name) for f in fields(cls) if hasattr(s, f.name)} | fixed)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

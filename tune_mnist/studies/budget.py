@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import optuna
 import pandas as pd
+from annotated_types import Le
 from ray import tune
 
 from tune_mnist import closed_form, models, storage
@@ -32,7 +34,9 @@ from tune_mnist.data import Mnist
 from tune_mnist.errors import require
 from tune_mnist.files import read_table, write_csv, write_json
 from tune_mnist.population import Member
-from tune_mnist.settings import Common
+from tune_mnist.runs import Table
+from tune_mnist.settings import Activation, Common, NonEmpty, NonNegativeInt, Pair, Positive, PositiveInt
+from tune_mnist.studies import Study
 from tune_mnist.train import TrainConfig
 from tune_mnist.tuning import cluster, runner, search, trial
 from tune_mnist.studies import budget_answers as answers, budget_design as design, budget_report
@@ -40,33 +44,35 @@ from tune_mnist.studies import budget_answers as answers, budget_design as desig
 NAME = "budget"
 HELP = "fixed parameter budget: depth grid with an lr sweep, Optuna over shapes in balanced populations, confirmation"
 SHAPES = ("uniform", "decreasing", "increasing", "free")
+MAX_P = 10**9  # a billion parameters: far past MNIST's needs, and about what one GPU holds with Adam's state
+MAX_DEPTH = 1000  # the deepest search: far past where an MLP without normalisation still trains
 
 
 @dataclass
 class Settings(Common):
-    P: list[int]
-    epochs: int
-    batch_size: int
-    optimizer: str
-    population: int
+    P: NonEmpty[Annotated[PositiveInt, Le(MAX_P)]]
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    optimizer: Literal["adam", "adamw"]
+    population: PositiveInt
     linear_run: str
-    max_depth: int
-    seeds: int
-    lrs: list[float]
-    activation: str
-    depth_window: int
-    search_depths: list[int]
-    trials: int
-    search_population: int
-    shapes: list[str]
-    activations: list[str]
-    ratio: list[float]
-    lr_range: list[float]
-    weight_decay_range: list[float]
-    prune_grace: int
-    prune_factor: int
-    confirm_top: int
-    confirm_seeds: int
+    max_depth: PositiveInt
+    seeds: PositiveInt
+    lrs: NonEmpty[Positive]
+    activation: Activation
+    depth_window: Annotated[NonNegativeInt, Le(MAX_DEPTH)]
+    search_depths: list[Annotated[PositiveInt, Le(MAX_DEPTH)]]
+    trials: NonNegativeInt
+    search_population: PositiveInt
+    shapes: NonEmpty[Literal[SHAPES]]
+    activations: NonEmpty[Activation]
+    ratio: Pair[Positive]
+    lr_range: Pair[Positive]
+    weight_decay_range: Pair[Positive]
+    prune_grace: PositiveInt
+    prune_factor: PositiveInt
+    confirm_top: NonNegativeInt
+    confirm_seeds: PositiveInt
     ablate_weight_decay: bool
 
 
@@ -79,24 +85,11 @@ def check(s: Settings) -> None:
     for P in s.P:
         require(P >= closed_form.MIN_P, f"P={P} is too small: the smallest MLP (k=1, m=1) has {closed_form.MIN_P} "
                                         "parameters")
-        held = closed_form.feasible_depths(P, max(s.search_depths, default=1))
         for k in s.search_depths:
-            require(k in held, f"--search-depths {k}: no MLP of {k} hidden layers holds P={P} within 1%")
-    for name in ("epochs", "seeds", "max_depth", "population", "search_population", "prune_grace", "prune_factor",
-                 "confirm_seeds"):
-        require(getattr(s, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
-    require(s.trials >= 0, f"--trials must be >= 0, got {s.trials}")
-    require(s.confirm_top >= 0, f"--confirm-top must be >= 0, got {s.confirm_top}")
-    require(s.depth_window >= 0, f"--depth-window must be >= 0, got {s.depth_window}")
-    require(all(k >= 1 for k in s.search_depths), f"--search-depths must be >= 1, got {s.search_depths}")
-    require(s.optimizer in ("adam", "adamw"), f"--optimizer must be adam or adamw, got {s.optimizer!r}")
-    require(all(lr > 0 for lr in s.lrs), f"--lrs must be positive, got {s.lrs}")
-    for act in [s.activation, *s.activations]:
-        require(act in models.ACTIVATIONS, f"unknown activation {act!r}; choose from {', '.join(models.ACTIVATIONS)}")
+            require(closed_form.holds(k, P), f"--search-depths {k}: no MLP of {k} hidden layers holds P={P} within 1%")
     if s.linear_run:
-        require((Path(s.linear_run) / "trials.csv").is_file(), f"{s.linear_run} is not a finished linear run")
-    for shape in s.shapes:
-        require(shape in SHAPES, f"unknown shape family {shape!r}; choose from {', '.join(SHAPES)}")
+        require(os.path.isfile(os.path.join(s.linear_run, "trials.csv")),
+                f"--linear-run {s.linear_run}: not a finished linear run (it has no trials.csv)")
     require("uniform" in s.shapes, "--shapes must include uniform: every shape is compared with it")
     for name in ("trials", "search_population"):
         require(getattr(s, name) % strata(s) == 0,
@@ -104,7 +97,7 @@ def check(s: Settings) -> None:
                 f"weight decay off and on), so that each gets the same number of trials; got {getattr(s, name)}")
     for name in ("ratio", "lr_range", "weight_decay_range"):
         low, high = getattr(s, name)
-        require(0 < low <= high, f"--{name.replace('_', '-')} must be two numbers 0 < low <= high")
+        require(low <= high, f"--{name.replace('_', '-')} {low:g} {high:g}: the low end must not exceed the high end")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -116,7 +109,7 @@ def trainable(config: dict[str, Any], data: Mnist) -> None:
     entries = config["members"]
     members = [Member({"family": "mlp", "widths": closed_form.parse_widths(e["widths"]), "activation": e["activation"]},
                       seed=e["seed"], lr=e["lr"], weight_decay=e["weight_decay"]) for e in entries]
-    cfg = TrainConfig(epochs=config["epochs"], batch_size=config["batch_size"], optimizer=config["optimizer"])
+    cfg = TrainConfig(**config["train"])
     stops = None
     if config["stage"] == "search":
         saved = trial.load_state(tune.get_checkpoint())  # a resumed trial goes on with the members it had kept
@@ -158,8 +151,8 @@ def entry(k: int, widths: list[int], shape: str, activation: str, lr: float, wei
 
 
 def shared(s: Settings, P: int, stage: str) -> dict[str, Any]:
-    return {"P": P, "stage": stage, "epochs": s.epochs, "batch_size": s.batch_size, "optimizer": s.optimizer,
-            "prune_grace": s.prune_grace, "prune_factor": s.prune_factor}
+    return {"P": P, "stage": stage, "train": TrainConfig.from_settings(s).as_dict(), "prune_grace": s.prune_grace,
+            "prune_factor": s.prune_factor}
 
 
 def by_population(entries: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -192,8 +185,7 @@ def search_depths(s: Settings, P: int, grid_rows: pd.DataFrame) -> list[int]:
     if s.search_depths:
         return sorted(set(s.search_depths))
     best = design.best_depth(design.depth_table(grid_rows), P)
-    feasible = closed_form.feasible_depths(P, s.max_depth + s.depth_window)
-    return [] if best is None else design.window(best, s.depth_window, feasible)
+    return [] if best is None else design.window(best, s.depth_window, P)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -318,3 +310,19 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
 
 def report(run_dir: Path, out: Path | None = None) -> None:
     budget_report.write_report(run_dir, Path(out or run_dir), read_table(run_dir / "trials.csv"))
+
+
+def tables(s: Settings) -> list[Table]:
+    """trials.csv: per P, the depth grid's nets (every lr and seed at each depth), then, where a depth trained, the
+    search's trials at each depth it covers and up to two runs (with and without weight decay) per evaluation seed
+    of each chosen configuration."""
+    grid = sum((1 + len(closed_form.depth_grid(P, s.max_depth))) * len(s.lrs) * s.seeds for P in s.P)
+    depths = len(s.search_depths) or 2 * s.depth_window + 1
+    chosen = depths * len(s.shapes) + len(s.shapes) + len(design.DECAY) + s.confirm_top
+    most = len(s.P) * (depths * s.trials + chosen * s.confirm_seeds * 2) if s.trials else 0
+    return [Table("trials.csv", ("P", "stage", *design.CONFIG, "seed", "params", "val_loss", "test_loss", "test_acc",
+                                 "final_train_loss", "error", "stopped_early", "member", "checkpoint"),
+                  range(grid, grid + most + 1), finite=("val_loss", "test_loss", "test_acc", "final_train_loss"))]
+
+
+STUDY = Study(NAME, HELP, __doc__, Settings, check, run, report, tables)

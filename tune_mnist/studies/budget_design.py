@@ -9,9 +9,10 @@ the confirmation trains the chosen configurations again on evaluation seeds, whi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import pandas as pd
+
+from tune_mnist import closed_form
 
 CONFIG = ["k", "widths", "shape", "activation", "lr", "weight_decay"]  # what makes a configuration
 CHANCE_LOSS = math.log(10)  # cross-entropy of a net that guesses uniformly among MNIST's 10 classes
@@ -71,9 +72,9 @@ def best_depth(depths: pd.DataFrame, P: int) -> int | None:
     return None if part.empty else int(part.loc[part["val_loss"].idxmin(), "k"])
 
 
-def window(best: int, width: int, feasible: Sequence[int]) -> list[int]:
+def window(best: int, width: int, P: int) -> list[int]:
     """The best depth and `width` neighbours on each side, those of them that can be held to P."""
-    return [k for k in range(best - width, best + width + 1) if k in feasible]
+    return [k for k in range(best - width, best + width + 1) if closed_form.holds(k, P)]
 
 
 def choose(search: pd.DataFrame, top: int) -> pd.DataFrame:

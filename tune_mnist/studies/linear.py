@@ -15,9 +15,10 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
+from annotated_types import Gt, Lt
 from ray import tune
 
 from tune_mnist import plots, report as reports, stats
@@ -25,7 +26,9 @@ from tune_mnist.data import Mnist
 from tune_mnist.errors import require
 from tune_mnist.files import read_table, write_csv
 from tune_mnist.population import Member
-from tune_mnist.settings import Common
+from tune_mnist.runs import Table
+from tune_mnist.settings import Common, NonEmpty, NonNegative, Positive, PositiveInt
+from tune_mnist.studies import Study
 from tune_mnist.train import TrainConfig
 from tune_mnist.tuning import cluster, runner, trial
 
@@ -38,28 +41,22 @@ LOSS = "training loss (cross-entropy, nats)"
 
 @dataclass
 class Settings(Common):
-    step_sizes: list[float]
-    epoch_counts: list[int]
-    eval_every: int
-    init_scales: list[float]
-    seeds: int
-    plateau_tolerance: float
+    step_sizes: NonEmpty[Positive]
+    epoch_counts: NonEmpty[PositiveInt]
+    eval_every: PositiveInt
+    init_scales: NonEmpty[NonNegative]
+    seeds: PositiveInt
+    plateau_tolerance: Annotated[float, Gt(0), Lt(1)]
 
 
 def check(s: Settings) -> None:
-    require(len(s.step_sizes) > 0 and all(lr > 0 for lr in s.step_sizes), "--step-sizes must be > 0 and not empty")
-    require(len(s.epoch_counts) > 0 and all(e >= 1 for e in s.epoch_counts), "--epoch-counts must be >= 1")
-    require(len(s.init_scales) > 0 and all(x >= 0 for x in s.init_scales), "--init-scales must be >= 0")
-    require(s.seeds >= 1, f"--seeds must be >= 1, got {s.seeds}")
-    require(0 < s.plateau_tolerance < 1, f"--plateau-tolerance must be in (0, 1), got {s.plateau_tolerance}")
+    """Nothing beyond what the types say."""
 
 
 def trainable(config: dict[str, Any], data: Mnist) -> None:
     (entry,) = config["members"]
     net = {"family": "mlp", "widths": [], "init_scale": entry["init_scale"]}
-    cfg = TrainConfig(epochs=config["epochs"], eval_every=config["eval_every"], optimizer="sgd", batch_size=0,
-                      inputs="center")
-    trial.train(data, [Member(net, seed=entry["seed"], lr=entry["lr"])], cfg)
+    trial.train(data, [Member(net, seed=entry["seed"], lr=entry["lr"])], TrainConfig(**config["train"]))
 
 
 def curves(grid: tune.ResultGrid, label: str) -> pd.DataFrame:
@@ -88,8 +85,9 @@ def grid(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources, name: 
          runs: list[dict[str, Any]]) -> tuple[pd.DataFrame, tune.ResultGrid]:
     """One trial a run (its lr, seed and init scale), its rows and its Tune results (for the curves)."""
     epochs = max(s.epoch_counts)
-    space = {"epochs": epochs, "eval_every": min(s.eval_every, epochs), "grid": name,
-             "members": tune.grid_search([[r] for r in runs])}
+    train = TrainConfig.from_settings(s, epochs=epochs, eval_every=min(s.eval_every, epochs), optimizer="sgd",
+                                      batch_size=0, inputs="center")
+    space = {"train": train.as_dict(), "grid": name, "members": tune.grid_search([[r] for r in runs])}
     results = runner.run(trainable, run_dir, name, res, data, param_space=space, shown=["lr", "seed", "init_scale"],
                          tensorboard=run_dir / "tensorboard" / name, hparams=["grid"])
     return runner.member_rows(runner.rows(results, ["grid", "members"])), results
@@ -266,3 +264,20 @@ def report(run_dir: Path, out: Path | None = None) -> None:
     for name, caption in draw(curve, stops, init, lr, out):
         md.figure(out / name, caption)
     md.write(out)
+
+
+def tables(s: Settings) -> list[Table]:
+    runs = len(s.step_sizes) + s.seeds * len(s.init_scales)
+    return [Table("trials.csv", (*RUN, "final_train_loss", "final_train_acc", "test_loss", "test_acc", "error"),
+                  range(runs, runs + 1), finite=("final_train_loss", "test_loss", "test_acc")),
+            Table("curves.csv", ("epoch", "train_loss", "test_loss", "grid", "lr", "seed", "init_scale")),
+            Table("plateaus.csv", (*RUN, "tolerance", "plateau_epoch", "evaluated_before", "last_epoch",
+                                   "train_loss_at_plateau", "train_loss_last"), range(1, runs + 1)),
+            Table("init.csv", ("init_scale", "test_loss", "test_loss_low", "test_loss_high", "seeds", "beaten",
+                               "test_acc", "test_acc_low", "test_acc_high", "diverged"),
+                  range(1, len(s.init_scales) + 1)),
+            Table("step_size_x_epochs.csv", ("lr", "epochs", "train_loss", "test_loss", "test_acc"),
+                  range(1, len(s.step_sizes) * len(s.epoch_counts) + 1))]
+
+
+STUDY = Study(NAME, HELP, __doc__, Settings, check, run, report, tables)

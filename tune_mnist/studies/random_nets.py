@@ -30,7 +30,10 @@ from tune_mnist.data import Mnist
 from tune_mnist.errors import require
 from tune_mnist.files import read_table, write_csv, write_json
 from tune_mnist.report import for_run
-from tune_mnist.settings import Common
+from tune_mnist.runs import Table
+from tune_mnist.settings import (Common, NonEmpty, NonNegative, NonNegativeInt, Positive, PositiveInt, Probability,
+                                 Seed)
+from tune_mnist.studies import Study
 from tune_mnist.tuning import cluster, runner
 
 NAME = "random"
@@ -44,32 +47,24 @@ QUESTION = ("How good can never-trained random TinyCNNs be, do they generalise, 
 
 @dataclass
 class Settings(Common):
-    weight_scales: list[float]
-    bias_scales: list[float]
-    thresholds: list[float]
-    data_seeds: list[int]
-    nets_per_step: int
-    n_train: int
-    n_val: int
-    n_test: int
-    seed: int
-    max_nets: int
-    time_limit: float
+    weight_scales: NonEmpty[Positive]
+    bias_scales: NonEmpty[NonNegative]
+    thresholds: NonEmpty[Probability]
+    data_seeds: NonEmpty[NonNegativeInt]
+    nets_per_step: PositiveInt
+    n_train: PositiveInt
+    n_val: PositiveInt
+    n_test: PositiveInt
+    seed: Seed
+    max_nets: NonNegativeInt
+    time_limit: NonNegative
 
 
 def check(s: Settings) -> None:
-    for key in ("weight_scales", "bias_scales", "thresholds", "data_seeds"):
-        require(len(getattr(s, key)) > 0, f"--{key.replace('_', '-')} must not be empty")
-    require(all(x > 0 for x in s.weight_scales), "--weight-scales must be > 0")
-    require(all(x >= 0 for x in s.bias_scales), "--bias-scales must be >= 0")
-    require(all(0 <= t <= 1 for t in s.thresholds), "--thresholds must be in [0, 1]")
-    require(s.nets_per_step >= 1, f"--nets-per-step must be >= 1, got {s.nets_per_step}")
-    require(s.max_nets >= 0 and s.time_limit >= 0, "--max-nets and --time-limit must be >= 0")
-    require(min(s.n_train, s.n_val, s.n_test) >= 1, "split sizes must be >= 1")
     size = s.n_train + s.n_val + s.n_test
-    require(size <= 60_000, "the three splits need more than 60,000 images")
+    require(size <= 60_000, f"--n-train, --n-val and --n-test together take {size:,} images of the 60,000")
     require(len(set(s.data_seeds)) == len(s.data_seeds), f"--data-seeds repeats a draw: {s.data_seeds}")
-    require(min(s.data_seeds) >= 0 and (max(s.data_seeds) + 1) * size <= 60_000,
+    require((max(s.data_seeds) + 1) * size <= 60_000,
             f"--data-seeds must be 0 to {60_000 // size - 1}: draw k takes the k-th block of {size:,} of the 60,000 "
             "images (smaller splits allow more draws)")
 
@@ -315,3 +310,14 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
     write_csv(run_dir / "draws.csv", across)
     report(run_dir)
     return summary(table, across)
+
+
+def tables(s: Settings) -> list[Table]:
+    searches = len(s.weight_scales) * len(s.bias_scales) * len(s.thresholds) * len(s.data_seeds)
+    return [Table("searches.csv", (*SETTING, "data_seed", "evaluated", "passing", "pass_rate", "best_val", "best_test",
+                                   "expected_best", "val_minus_test"), range(1, searches + 1),
+                  finite=("evaluated", "passing", "pass_rate", "expected_best")),
+            Table("draws.csv", tuple(SETTING))]
+
+
+STUDY = Study(NAME, HELP, __doc__, Settings, check, run, report, tables)

@@ -11,6 +11,7 @@ the data or the width lowers the predicted loss more. REPORT.md states the expon
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -22,12 +23,15 @@ import numpy as np
 import pandas as pd
 from ray import tune
 
-from tune_mnist import models, plots, report as reports, stats
+from tune_mnist import plots, report as reports, stats
 from tune_mnist.data import Mnist, subset
 from tune_mnist.errors import require
 from tune_mnist.files import read_table, write_csv
 from tune_mnist.population import Member
-from tune_mnist.settings import Common
+from tune_mnist.runs import Table
+from tune_mnist.settings import (Activation, Common, Fraction, NonEmpty, NonNegative, NonNegativeInt, Optimizer,
+                                 Positive, PositiveInt, Seed)
+from tune_mnist.studies import Study
 from tune_mnist.train import TrainConfig
 from tune_mnist.tuning import cluster, runner, trial
 
@@ -43,29 +47,22 @@ LOSS = "test loss (cross-entropy, nats)"
 
 @dataclass
 class Settings(Common):
-    widths: list[int]
-    fractions: list[float]
-    seeds: int
-    master_seed: int
-    population: int
-    epochs: int
-    min_steps: int
-    batch_size: int
-    optimizer: str
-    lr: float
-    weight_decay: float
-    activation: str
+    widths: NonEmpty[PositiveInt]
+    fractions: NonEmpty[Fraction]
+    seeds: PositiveInt
+    master_seed: Seed
+    population: PositiveInt
+    epochs: PositiveInt
+    min_steps: NonNegativeInt
+    batch_size: PositiveInt
+    optimizer: Optimizer
+    lr: Positive
+    weight_decay: NonNegative
+    activation: Activation
 
 
 def check(s: Settings) -> None:
-    require(len(s.widths) > 0 and len(s.fractions) > 0, "the widths and fractions grids must not be empty")
-    require(all(w >= 1 for w in s.widths), f"widths must be >= 1, got {s.widths}")
-    for f in s.fractions:
-        require(0 < f <= 1, f"fraction {f} is outside (0, 1]")
-    require(s.seeds >= 1, f"--seeds must be >= 1, got {s.seeds}")
-    require(s.epochs >= 1, f"--epochs must be >= 1, got {s.epochs}")
-    require(s.population >= 1, f"--population must be >= 1, got {s.population}")
-    require(s.activation in models.ACTIVATIONS, f"unknown activation {s.activation!r}")
+    """Nothing beyond what the types say."""
 
 
 def macs(width: int) -> int:
@@ -76,13 +73,14 @@ def macs(width: int) -> int:
 def trainable(config: dict[str, Any], data: Mnist) -> None:
     """A cell's seeds on the cell's training subset, drawn with the master seed: the same for every seed of the
     cell and nested across fractions, so seeds vary initialisation and data order only."""
+    train = TrainConfig(**config["train"])
     n = max(1, round(config["fraction"] * len(data.train_x)))
-    epochs = max(config["epochs"], math.ceil(config["min_steps"] / math.ceil(n / config["batch_size"])))
+    epochs = max(train.epochs, math.ceil(config["min_steps"] / math.ceil(n / train.batch_size)))
     net = {"family": "cnn", "channels": [config["width"], 2 * config["width"]], "hidden": 0,
            "activation": config["activation"]}
     members = [Member(net, seed=m["seed"], lr=config["lr"], weight_decay=config["weight_decay"])
                for m in config["members"]]
-    cfg = TrainConfig.from_config({**config, "epochs": epochs, "eval_every": epochs})
+    cfg = dataclasses.replace(train, epochs=epochs, eval_every=epochs)
     extra = {"n_train": n, "epochs_run": epochs, "compute": macs(config["width"]) * n * epochs}
     trial.train(subset(data, n_train=n, seed=config["master_seed"]), members, cfg, extra)
 
@@ -324,8 +322,8 @@ def report(run_dir: Path, out: Path | None = None) -> None:
 
 
 def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict[str, Any]:
-    space = {"batch_size": s.batch_size, "optimizer": s.optimizer, "lr": s.lr, "weight_decay": s.weight_decay,
-             "activation": s.activation, "epochs": s.epochs, "min_steps": s.min_steps, "master_seed": s.master_seed,
+    space = {"train": TrainConfig.from_settings(s).as_dict(), "lr": s.lr, "weight_decay": s.weight_decay,
+             "activation": s.activation, "min_steps": s.min_steps, "master_seed": s.master_seed,
              "width": tune.grid_search(s.widths), "fraction": tune.grid_search(s.fractions)}
     frame = runner.populations(trainable, run_dir, "grid", res, data, space,
                                groups=runner.chunks([{"seed": seed} for seed in seeds_for(s)], s.population),
@@ -344,3 +342,14 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
         write_csv(run_dir / "doubling.csv", doubled)
     report(run_dir)
     return summary(frame, fitted, doubled)
+
+
+def tables(s: Settings) -> list[Table]:
+    runs = len(s.widths) * len(s.fractions) * s.seeds
+    return [Table("results.csv", ("width", "fraction", "seed", "test_loss", "test_acc", "final_train_loss",
+                                  "final_train_acc", "params", "n_train", "compute", "error"),
+                  range(runs, runs + 1), finite=("test_loss", "test_acc", "final_train_loss")),
+            Table("fits.csv", tuple(LAWS), range(3, 4))]
+
+
+STUDY = Study(NAME, HELP, __doc__, Settings, check, run, report, tables)

@@ -15,19 +15,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
 import torch
+from annotated_types import Ge
 from torch import nn
 
 from tune_mnist import models, plots, stats
-from tune_mnist.data import INPUTS, DeviceSplit, Mnist
-from tune_mnist.errors import require
+from tune_mnist.data import DeviceSplit, Mnist
 from tune_mnist.files import read_table, write_csv
 from tune_mnist.population import Member, Population
 from tune_mnist.report import for_run
-from tune_mnist.settings import Common
+from tune_mnist.runs import Table
+from tune_mnist.settings import Activation, Common, Inputs, NonEmpty, Optimizer, Positive, PositiveInt
+from tune_mnist.studies import Study
 from tune_mnist.train import TrainConfig, evaluate
 from tune_mnist.tuning import cluster, runner, trial
 
@@ -40,28 +42,20 @@ QUESTION = "Which trained layers carry what the network learnt?"
 
 @dataclass
 class Settings(Common):
-    layers: list[int]
-    outputs: int
-    activation: str
-    seeds: int
-    population: int
-    epochs: int
-    batch_size: int
-    optimizer: str
-    lr: float
-    inputs: str
+    layers: NonEmpty[PositiveInt]
+    outputs: Annotated[PositiveInt, Ge(len(models.CLASSES))]  # one output per label at least
+    activation: Activation
+    seeds: PositiveInt
+    population: PositiveInt
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    optimizer: Optimizer
+    lr: Positive
+    inputs: Inputs
 
 
 def check(s: Settings) -> None:
-    require(len(s.layers) > 0 and all(w >= 1 for w in s.layers), f"--layers must be widths >= 1, got {s.layers}")
-    require(s.outputs >= len(models.CLASSES), f"--outputs must be >= {len(models.CLASSES)}, one per label, "
-                                              f"got {s.outputs}")
-    require(s.seeds >= 1, f"--seeds must be >= 1, got {s.seeds}")
-    require(s.epochs >= 1, f"--epochs must be >= 1, got {s.epochs}")
-    require(s.lr > 0, f"--lr must be > 0, got {s.lr}")
-    require(s.population >= 1, f"--population must be >= 1, got {s.population}")
-    require(s.activation in models.ACTIVATIONS, f"unknown activation {s.activation!r}")
-    require(s.inputs in INPUTS, f"unknown input scaling {s.inputs!r}; choose from {', '.join(INPUTS)}")
+    """Nothing beyond what the types say."""
 
 
 def swaps(pop: Population, initial: dict[str, torch.Tensor], splits: dict[str, DeviceSplit],
@@ -85,8 +79,8 @@ def trainable(config: dict[str, Any], data: Mnist) -> None:
     net = {"family": "mlp", "widths": config["layers"], "activation": config["activation"],
            "outputs": config["outputs"]}
     members = [Member(net, seed=m["seed"], lr=config["lr"]) for m in config["members"]]
-    trial.train(data, members, TrainConfig.from_config(config),
-                finish=lambda pop, initial, splits: swaps(pop, initial, splits, config["inputs"]))
+    cfg = TrainConfig(**config["train"])
+    trial.train(data, members, cfg, finish=lambda pop, initial, splits: swaps(pop, initial, splits, cfg.inputs))
 
 
 def fans(layers: list[int], outputs: int) -> list[str]:
@@ -209,8 +203,8 @@ def report(run_dir: Path, out: Path | None = None) -> None:
 
 
 def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict[str, Any]:
-    space = {"layers": s.layers, "outputs": s.outputs, "activation": s.activation, "epochs": s.epochs,
-             "batch_size": s.batch_size, "optimizer": s.optimizer, "lr": s.lr, "inputs": s.inputs}
+    space = {"layers": s.layers, "outputs": s.outputs, "activation": s.activation, "lr": s.lr,
+             "train": TrainConfig.from_settings(s).as_dict()}
     per_seed = runner.populations(trainable, run_dir, "seeds", res, data, space,
                                   groups=runner.chunks([{"seed": seed} for seed in range(s.seeds)], s.population), keep=[],
                                   shown=["seed"], tensorboard=run_dir / "tensorboard", metric="test_acc", mode="max")
@@ -223,3 +217,15 @@ def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict
     return {"seeds": len(per_seed), "errors": int(per_seed["error"].ne("").sum()),
             "trained_test_acc": round(float(per_seed["test_acc"].mean()), 4),
             **{k: ",".join(map(str, layers)) or "none" for k, layers in carriers(summary).items()}}
+
+
+def tables(s: Settings) -> list[Table]:
+    swapped = 2 * (len(s.layers) + 1)  # each dense layer, the output layer too, reset and grafted
+    return [Table("results_per_seed.csv", ("seed", "params", "test_acc", "init_test_acc", "final_train_acc", "error"),
+                  range(s.seeds, s.seeds + 1), finite=("test_acc", "init_test_acc", "final_train_acc")),
+            Table("results_summary.csv", ("layer", "fan", "direction", "seeds", "test_acc_mean", "test_acc_low",
+                                          "test_acc_high", "change", "change_low", "change_high", "beyond_noise"),
+                  range(swapped, swapped + 1))]
+
+
+STUDY = Study(NAME, HELP, __doc__, Settings, check, run, report, tables)

@@ -69,8 +69,8 @@ class Interrupted(Exception):
 
 
 class Failed(UserError):
-    """Every trial of an experiment failed (every net diverged, say): the study has nothing to answer from. A
-    UserError, so the command ends with its one line and exit code 2; the failures stay in the run folder."""
+    """Every trial of an experiment failed (every net diverged, say): the study has nothing to answer from. The
+    command ends with its one line and exit code 1; the failures stay in the run folder."""
 
 
 @contextlib.contextmanager
