@@ -146,40 +146,48 @@ def answer(trials: pd.DataFrame, t: dict[str, pd.DataFrame]) -> str:
 
 
 def method(settings: dict[str, Any], t: dict[str, pd.DataFrame]) -> str:
-    s = settings
+    s, searched = settings, len(t["coverage.csv"]) > 0
     mdes = pd.Series([v for n in ("shapes.csv", "any_depth.csv", "weight_decay.csv") if "loss_mde" in t[n]
-                      for v in t[n]["loss_mde"]], dtype=float)
-    power = (f"With {s['confirm_seeds']} evaluation seeds a paired test detects, with 80% power at the 5% level, "
+                      for v in t[n]["loss_mde"]], dtype=float).dropna()
+    power = (f"with {s['confirm_seeds']} evaluation seeds a paired test detects, with 80% power at the 5% level, "
              f"a test-loss difference of about {mdes.median():.2g} (the median over the comparisons; each row of the "
-             "tables gives its own, `loss_mde`)" if len(mdes.dropna()) else
-             "No comparison had two evaluation seeds, so the run states no power")
-    shapes = ", ".join(s["shapes"])
-    return f"""
-- **Stage 1** trains uniform nets of every depth k of the grid (up to {s['max_depth']}) at width m_P(k), each depth
-  at learning rates {', '.join(f'{lr:g}' for lr in s['lrs'])} x {s['seeds']} seed(s) (seeds 0, 1, ...), as one
-  population; each depth keeps the lr with the lowest mean validation loss. A depth whose final training loss at
-  that lr stays above {design.DID_NOT_TRAIN:.0%} of chance (ln 10) is reported as "did not train", not as a capacity
-  result.
-- **Stage 2** searches the best depth of stage 1 and its {s['depth_window']} neighbour(s) on each side
-  ({'--search-depths ' + ' '.join(map(str, s['search_depths'])) if s['search_depths'] else 'the default'}), one
-  Optuna (TPE) study per depth with {s['trials']} trials in populations of {s['search_population']}: the members
-  of every population cycle through the families ({shapes}) x weight decay (off, on), so each gets the same number
-  of trials, and successive halving (at epoch {s['prune_grace']}, then x{s['prune_factor']}) keeps the same share
-  of each, so each finishes the same number. At k = 1 every family is the one-layer net. Each trial trains with
-  its own seed (its trial number); the best trial of each family at each depth, of each family at any depth,
-  without and with weight decay, and the {s['confirm_top']} best overall are chosen on its validation loss.
-- **Stage 3** trains each chosen configuration again on {s['confirm_seeds']} evaluation seeds
-  ({design.EVALUATION_SEED} and up), which no choice saw, so that the estimates carry no winner's curse of the
-  selection. Families are compared by paired t-tests over the evaluation seeds, in test loss (the primary
-  metric) and test accuracy, each with Holm's correction over the comparisons of one question at one P (equal
-  depth: every depth and family; any depth: every family). The ablation of weight decay (secondary) pools over
-  configurations with the configuration as its unit ("n configurations x m seeds").
-- **The intervals** (95%) cover the spread of training over seeds (initialisation, data order) for the chosen
-  configurations; they do not cover the search's own chance (another search could choose other configurations),
-  nor other validation splits or data sets. Not detected is not the same as equal: {power}.
-- Every net trains {s['epochs']} epochs (batch {s['batch_size']}, {s['optimizer']}); the test set is never used
-  to choose.
-"""
+             "tables gives its own, `loss_mde`)" if len(mdes) else "no comparison had two evaluation seeds")
+    depths = f"--search-depths {' '.join(map(str, s['search_depths']))}" if s["search_depths"] else (
+        f"the best depth of stage 1 and {s['depth_window']} neighbour(s) on each side")
+    lines = [
+        f"**Stage 1** trains uniform nets of every depth k of the grid (up to {s['max_depth']}) at width m_P(k), "
+        f"each depth at learning rates {', '.join(f'{lr:g}' for lr in s['lrs'])} x {s['seeds']} seed(s) (seeds 0, "
+        "1, ...) as one population, and keeps the lr with the lowest mean validation loss. A depth whose final "
+        f"training loss at that lr stays above {design.DID_NOT_TRAIN:.0%} of chance (ln 10) is reported as \"did "
+        "not train\", not as a capacity result. Its numbers are from the seeds that chose the lr.",
+        f"Every net trains {s['epochs']} epochs (batch {s['batch_size']}, {s['optimizer']}); the test set never "
+        "chooses anything."]
+    if not searched:
+        return "\n".join(f"- {line}" for line in [*lines, "There was no search (stages 2 and 3: --trials 0)."])
+    lines[1:1] = [
+        f"**Stage 2** searches {depths}, one Optuna (TPE) study per depth with {s['trials']} trials in "
+        f"populations of {s['search_population']} that share depth and activation. The members of every population "
+        f"cycle through the shape families ({', '.join(s['shapes'])}) x weight decay (off, or tuned in "
+        f"{s['weight_decay_range'][0]:g} to {s['weight_decay_range'][1]:g}), so each gets the same number of trials, "
+        f"and successive halving (at epoch {s['prune_grace']}, then x{s['prune_factor']}) keeps the same share of "
+        "each, so each finishes as many. At k = 1 every family is the one-layer net. Each trial trains with its own "
+        "seed (its trial number); the best trial of each family at each depth, of each family at any depth, without "
+        f"and with weight decay, and the {s['confirm_top']} best overall are chosen by its validation loss.",
+        f"**Stage 3** trains each chosen configuration again on {s['confirm_seeds']} evaluation seeds "
+        f"({design.EVALUATION_SEED:,} and up) that no choice saw, so its estimates carry no winner's curse. What is "
+        "compared: at equal depth, each family's best net of that depth against the uniform net of that depth; at "
+        "any depth, each family's best net against the best uniform net; the best net with weight decay against the "
+        "best without, each with its own lr. Test loss (the primary metric) and test accuracy are each compared by "
+        "paired t-tests over the evaluation seeds, with Holm's correction over the comparisons of one question at "
+        "one P. The ablation of weight decay (secondary) pools over configurations, the configuration its unit "
+        "(\"n configurations x m seeds\").",
+        "**The intervals** (95%) cover the spread of training over seeds (initialisation, data order) for the chosen "
+        "nets; they do not cover the search's own chance (another search could choose other nets: a comparison is "
+        "between the nets found, with the same effort on each side), nor other validation splits or data sets. Not "
+        f"detected is not the same as equal: {power}.",
+        "**Importances** are Optuna's (PED-ANOVA) over every search trial, by its validation loss at epoch "
+        f"{s['prune_grace']} (which every trial reached), and over the finished trials by their final one."]
+    return "\n".join(f"- {line}" for line in lines)
 
 
 # ----------------------------------------------------------------------------------------------------------------
