@@ -103,9 +103,13 @@ def test_confirmation_trains_the_chosen_nets_on_fresh_seeds(run_dir):
         searched = trials[(trials.P == P) & (trials.stage == "search")].k.unique()
         assert {f"k={k} {f}" for k in searched if k >= 2 for f in SHAPES} <= roles
         assert {"any uniform", "decay off", "decay on", "top 1"} <= roles
+        found = part[part.ablation == 0].drop_duplicates("config")
+        best_decayed = found[found.weight_decay > 0].nsmallest(8, "selection_val_loss").config  # smoke: ablations 8
+        assert set(part.loc[part.ablation == 1, "config"]) == set(best_decayed)
         for config, runs in part.groupby("config"):
-            decayed = runs.weight_decay.max() > 0
-            assert len(runs) == (4 if decayed else 2) and runs.ablation.sum() == (2 if decayed else 0)
+            ablated = config in set(best_decayed)
+            assert len(runs) == (4 if ablated else 2) and runs.ablation.sum() == (2 if ablated else 0)
+            assert (runs.loc[runs.ablation == 1, "weight_decay"] == 0).all()
     best = json.loads((run_dir / "best.json").read_text())
     assert set(best) == set(map(str, PS)) and all(e[0]["seeds"] == 2 for e in best.values())
 

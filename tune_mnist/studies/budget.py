@@ -73,7 +73,7 @@ class Settings(Common):
     prune_factor: PositiveInt
     confirm_top: NonNegativeInt
     confirm_seeds: PositiveInt
-    ablate_weight_decay: bool
+    ablations: NonNegativeInt
 
 
 def strata(s: Settings) -> int:
@@ -243,11 +243,13 @@ def search_stage(s: Settings, P: int, k: int, run_dir: Path, data: Mnist, res: c
 
 def confirm(s: Settings, P: int, searched: pd.DataFrame, run_dir: Path, data: Mnist,
             res: cluster.Resources) -> pd.DataFrame:
-    """Each chosen configuration (budget_design.choose) on every evaluation seed, and, with ablate_weight_decay,
-    those with weight decay also without it."""
+    """Each chosen configuration (budget_design.choose) on every evaluation seed, and the `ablations` best of those
+    with weight decay also without it."""
+    chosen = design.choose(searched, s.confirm_top).sort_values(["val_loss", "number"])
+    ablated = set(chosen.loc[chosen["weight_decay"] > 0, "config"].head(s.ablations))
     entries = []
-    for c in design.choose(searched, s.confirm_top).itertuples():
-        decays = [c.weight_decay, 0.0] if c.weight_decay > 0 and s.ablate_weight_decay else [c.weight_decay]
+    for c in chosen.itertuples():
+        decays = [c.weight_decay, 0.0] if c.config in ablated else [c.weight_decay]
         for seed in design.evaluation_seeds(s.confirm_seeds):
             for decay in decays:
                 e = entry(c.k, closed_form.parse_widths(c.widths), c.shape, c.activation, c.lr, decay, seed)
@@ -319,7 +321,7 @@ def tables(s: Settings) -> list[Table]:
     grid = sum((1 + len(closed_form.depth_grid(P, s.max_depth))) * len(s.lrs) * s.seeds for P in s.P)
     depths = len(s.search_depths) or 2 * s.depth_window + 1
     chosen = depths * len(s.shapes) + len(s.shapes) + len(design.DECAY) + s.confirm_top
-    most = len(s.P) * (depths * s.trials + chosen * s.confirm_seeds * 2) if s.trials else 0
+    most = len(s.P) * (depths * s.trials + (chosen + min(chosen, s.ablations)) * s.confirm_seeds) if s.trials else 0
     return [Table("trials.csv", ("P", "stage", *design.CONFIG, "seed", "params", "val_loss", "test_loss", "test_acc",
                                  "final_train_loss", "error", "stopped_early", "member", "checkpoint"),
                   range(grid, grid + most + 1), finite=("val_loss", "test_loss", "test_acc", "final_train_loss"))]
