@@ -1,6 +1,7 @@
 """The robustness campaign through the real `corruption` command: 3 activations x 2 families
 (MLP 1024-512-256, 15 epochs; CNN 32-64-128, 20 epochs) x 10 values of p x 40 repeats = 2,400 runs,
-one command per family (their epochs differ), as a user would run it on a fresh machine.
+one command per family (their epochs differ), as a user would run it on a fresh machine. As in the campaign it
+times, every activation trains at lr 1e-3 (`--lrs 1e-3`: one lr, so the study's lr sweep does not run).
 
 One 10-minute command cannot hold a family's 1,200 runs, so this runs a slice of each — every activation and
 p, with --repeats R of the 40 — and extrapolates. With R * 10 a multiple of --population, the slice's trials
@@ -71,8 +72,8 @@ def main():
         done = subprocess.run(
             [sys.executable, "-m", "tune_mnist", "corruption", "--families", family, "--activations", "relu", "tanh",
              "gelu", "--p", *P, "--mlp-widths", "1024", "512", "256", "--cnn-channels", "32", "64", "128",
-             "--batch-size", "128", "--population", str(args.population), "--gpus-per-trial", args.gpus_per_trial,
-             "--repeats", str(args.repeats), "--epochs", epochs, "--name", name],
+             "--batch-size", "128", "--lrs", "1e-3", "--population", str(args.population), "--gpus-per-trial",
+             args.gpus_per_trial, "--repeats", str(args.repeats), "--epochs", epochs, "--name", name],
             capture_output=True, text=True, env=env)
         ended = time.time()
         if done.returncode:

@@ -19,7 +19,8 @@ import torch
 COMMANDS = {
     "corruption slice": ["corruption", "--families", "mlp", "--activations", "relu", "tanh", "gelu",
                          "--mlp-widths", "1024", "512", "256", "--epochs", "15", "--repeats", "16",
-                         "--population", "80", "--p", "0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"],
+                         "--population", "80", "--lrs", "1e-3",
+                         "--p", "0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"],
     "budget defaults": ["budget", "--P", "100000"],
 }
 

@@ -6,8 +6,8 @@ process on one device:
   gemm:    random_search.accuracy, every net scored in exact fp32 (stacked GEMMs)
   screen:  random_search.Search.screen(): on a GPU the fused fp16 screen (screen.py), then fp32 re-scores of
            the nets near the threshold: every net's pass/fail exactly as fp32 (what the loop decides)
-  search:  random_search.Search.step(), the study's step: screen, then val (5,000 images) for the nets that
-           pass (about 0.7% at the default scales) and test for new bests
+  search:  random_search.Search.step(), the study's step on one draw: screen, then val and test (5,000 images
+           each) for the nets that pass (about 0.4% at the default scales)
 Prints one line per method and the ratios. Checks: gemm equals nn.Conv2d net by net, and the screen keeps
 every net that fp32 passes (its largest count difference from fp32 is printed).
 
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from tune_mnist import data, models
+from tune_mnist import data, models, settings
 from tune_mnist.kernels import screen
 from tune_mnist import random_search as rs
 
@@ -84,7 +84,9 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rs.exact_fp32()
     splits = rs.search_splits(data.load(), 256, 5000, 5000, 0, device)
-    train, n = splits["train"], args.nets_per_step or rs.default_nets_per_step(device)
+    space = settings.read(settings.builtin("random"))[0]  # the study's nets per step, on this device
+    default = space["gpu"]["nets_per_step"] if device.type == "cuda" else space["nets_per_step"]
+    train, n = splits["train"], args.nets_per_step or default
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device={name} torch={torch.__version__} images=256 nets/step={n}")
     base = loop_rate(train, device, args.seconds)

@@ -83,3 +83,13 @@ def fit(pop, splits, cfg):
     for metrics in trainer.epochs():
         trainer.keep([r for r, m in enumerate(metrics) if "error" not in m])
     return metrics
+
+
+@pytest.fixture
+def frozen_gc():
+    """statsmodels' Holm runs gc.collect() on every call: objects frozen before a simulation are not scanned."""
+    import gc
+
+    gc.freeze()
+    yield
+    gc.unfreeze()

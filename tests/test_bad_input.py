@@ -102,7 +102,8 @@ CASES = {
     "linear run not finished": (["budget", "--linear-run", "/nonexistent"],
                                 "--linear-run /nonexistent: not a finished linear run"),
     "scaling negative weight decay": (["scaling", "--weight-decay", "-1"], "--weight-decay -1.0: must be >= 0"),
-    "scaling negative min steps": (["scaling", "--min-steps", "-1"], "--min-steps -1: must be >= 0"),
+    "scaling zero epochs": (["scaling", "--epochs", "0"], "--epochs 0: must be > 0"),
+    "scaling check width off the grid": (["scaling", "--check-widths", "5"], "--check-widths [5] must be among"),
     "scaling batch size 0": (["scaling", "--batch-size", "0"], "--batch-size 0: must be > 0"),
     "scaling unknown optimizer": (["scaling", "--optimizer", "bogus"], "--optimizer bogus: must be 'adam'"),
     "scaling fraction 0": (["scaling", "--fractions", "0"], "--fractions 0.0: must be > 0"),
@@ -114,7 +115,9 @@ CASES = {
     "corruption unknown family": (["corruption", "--families", "rnn"], "--families rnn: must be 'mlp' or 'cnn'"),
     "corruption unknown activation": (["corruption", "--activations", "swish"], "--activations swish: must be"),
     "corruption zero repeats": (["corruption", "--repeats", "0"], "--repeats 0: must be > 0"),
-    "corruption lr -1": (["corruption", "--lr", "-1"], "--lr -1.0: must be > 0"),
+    "corruption lr -1": (["corruption", "--lrs", "0.001", "-1"], "--lrs -1.0: must be > 0"),
+    "corruption p without 0": (["corruption", "--p", "0.2", "0.5"], "--p must include 0"),
+    "corruption zero sweep seeds": (["corruption", "--sweep-seeds", "0"], "--sweep-seeds 0: must be > 0"),
     "corruption unknown optimizer": (["corruption", "--optimizer", "bogus"], "--optimizer bogus: must be"),
     "corruption negative cnn hidden": (["corruption", "--cnn-hidden", "-1"], "--cnn-hidden -1: must be >= 0"),
     "corruption mlp width 0": (["corruption", "--mlp-widths", "0"], "--mlp-widths 0: must be > 0"),
@@ -182,15 +185,15 @@ CASES = {
     "report an empty trials.csv": (["report", "{run:empty}"], "trials.csv is damaged"),
     "report a garbage trials.csv": (["report", "{run:binary}"], "trials.csv is damaged"),
     "report a trials.csv without a column": (["report", "{run:nocolumn}"], "lacks the column test_acc"),
-    "report a trials.csv cut short": (["report", "{run:short}"], "1 row where the run's settings give 14"),
+    "report a trials.csv cut short": (["report", "{run:short}"], "1 row where the run's settings give 23"),
     "report a trials.csv with inf": (["report", "{run:inf}"], "column test_loss has a value that is not a finite"),
     "report a run of an unknown study": (["report", "{run:unknown}"], "unknown study 'nope'"),
     "export a folder that is no run": (["export", "{tmp}/empty"], "not a tune_mnist run folder"),
     "export a trials.csv cut short": (["export", "{run:budget_short}"], "trials.csv is damaged: 2 rows"),
 }
 
-LINEAR_COLUMNS = "grid,lr,seed,init_scale,final_train_loss,final_train_acc,test_loss,test_acc,error"
-LINEAR_ROW = "step_size,0.1,0,1.0,0.3,0.9,0.3,0.9,"
+LINEAR_COLUMNS = "grid,lr,seed,init_scale,final_train_loss,final_train_acc,val_loss,test_loss,test_acc,error"
+LINEAR_ROW = "step_size,0.1,0,1.0,0.3,0.9,0.3,0.3,0.9,"
 
 
 def fill(tmp_path, argv):
@@ -226,8 +229,8 @@ def fill(tmp_path, argv):
         "binary": linear(**{"trials.csv": bytes(range(256)) * 8}),
         "nocolumn": linear(**{"trials.csv": LINEAR_COLUMNS.replace(",test_acc", "") + "\n"}),
         "short": linear(**{"trials.csv": f"{LINEAR_COLUMNS}\n{LINEAR_ROW}\n"}),
-        "inf": linear(**{"trials.csv": f"{LINEAR_COLUMNS}\n" + f"{LINEAR_ROW}\n" * 13 +
-                         LINEAR_ROW.replace("0.3,0.9,0.3", "0.3,0.9,inf") + "\n"}),
+        "inf": linear(**{"trials.csv": f"{LINEAR_COLUMNS}\n" + f"{LINEAR_ROW}\n" * 22 +
+                         LINEAR_ROW.replace("0.3,0.9,0.3,0.3", "0.3,0.9,0.3,inf") + "\n"}),
         "unknown": lambda: run_folder(tmp_path, "linear", '{"study": "nope", "settings": {}}'),
         "budget_short": lambda: run_folder(tmp_path, "budget", tables={"trials.csv": short_budget,
                                                                      "best.json": '{"100000": ["good"]}'}),

@@ -14,7 +14,7 @@ import pytest
 from tune_mnist import cli
 from tune_mnist.files import atomic_write, read_table
 from tune_mnist.tuning import runner
-from tune_mnist.tuning.search import PopulationSearch, journal
+from tune_mnist.tuning.search import STATE, PopulationSearch, journal
 
 from conftest import cli as run_cli
 
@@ -39,7 +39,8 @@ def start_and_kill(args: list[str], marker: str, count: int) -> list[str]:
 
 @pytest.mark.slow
 def test_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_session, capsys):
-    argv = ["linear", "--smoke", "--step-sizes", "1e38", "0.3", "--epoch-counts", "100", "--results", str(tmp_path), "--name", "nan"]
+    argv = ["linear", "--smoke", "--step-sizes", "1e38", "0.3", "--epoch-counts", "100", "--population", "1",
+            "--results", str(tmp_path), "--name", "nan"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     trials = read_table(tmp_path / "linear" / "nan" / "trials.csv")
@@ -63,8 +64,21 @@ def test_killed_optuna_search_resumes_with_its_history_and_no_member_twice(tmp_p
     told_before = [t for t in load(run_dir).trials if t.state.is_finished()]
     assert len(told_before) >= 2
 
+    # the searcher's state poisoned, and a pickle beside it under the name earlier versions read: nothing runs
+    experiment, marker = run_dir / "tune" / "P20000-optuna", tmp_path / "ran"
+    state = sorted(experiment.glob(STATE.format("*")))[-1]
+    original = state.read_bytes()
+    legacy = experiment / "searcher-state-2026-12-07_00-00-00.pkl"
+    for target in (state, legacy):
+        subprocess.run([sys.executable, "-c", CODE, str(target), str(marker)], check=True)
+    refused = run_cli("budget", "--resume", str(run_dir), timeout=300)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-3000:]
+    assert "is not a population search state" in refused.stderr and not marker.exists()
+    state.write_bytes(original)
+
     done = run_cli("budget", "--resume", str(run_dir), timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"{legacy} is not read" in done.stdout and not marker.exists()
     trials = load(run_dir).trials
     assert len(trials) == 32 and all(t.state.is_finished() for t in trials), [t.state for t in trials]
     for before in told_before:  # what the sampler had learnt is still there, unchanged

@@ -36,7 +36,7 @@ def test_power_law_moves_a_seed_s_rows_together():
     assert by_point.n == 30 and by_seed.high - by_seed.low < 0.5 * (by_point.high - by_point.low)
 
 
-def test_joint_law_recovers_exponents_floor_and_the_better_doubling():
+def test_joint_law_recovers_exponents_and_floor():
     rng = np.random.default_rng(5)
     w, f, seed = (g.ravel() for g in np.meshgrid([64, 128, 256, 512], [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1], [0, 1, 2],
                                                  indexing="ij"))
@@ -49,17 +49,12 @@ def test_joint_law_recovers_exponents_floor_and_the_better_doubling():
     assert law.alpha_interval.n == 3 and law.alpha_interval.low < law.alpha < law.alpha_interval.high
     assert law.beta_interval.low < law.beta < law.beta_interval.high and law.E_interval.low <= law.E
     assert law.predict(128, 0.25) == pytest.approx(0.05 + 3 / 128 ** 0.5 + 0.08 * 4 ** 0.4, rel=0.02)
-    # wide net, little data: the data term dominates; narrow net, all data: the width term does
-    choice, more_data, more_width = law.better_doubling(512, 1 / 16)
-    assert choice == "data" and more_data < more_width
-    assert more_data == pytest.approx(float(law.predict(512, 1 / 8)))
-    assert law.better_doubling(64, 1)[0] == "width"
 
 
 def test_joint_law_on_a_small_grid_says_why_instead_of_crashing():
     law = laws.joint_power_law([64, 64, 128, 128], [0.5, 1, 0.5, 1], [0.3, 0.2, 0.25, 0.15])
     assert "3 widths" in law.reason and math.isnan(law.alpha) and math.isnan(law.alpha_interval.low)
-    assert law.better_doubling(128, 1)[0] == "unknown" and law.rejected == law.reason
+    assert law.rejected == law.reason
 
 
 def grid(seeds: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -82,7 +77,6 @@ def test_the_robust_law_recovers_planted_exponents_and_passes_its_fit_tests():
     assert (law.lack_of_fit_df, law.pure_error_df) == (25 - 5, 75 - 25)
     assert law.rmse == pytest.approx(0.01, rel=0.25) and law.residuals.shape == (75,)
     assert list(law.trend["fraction"]) == [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1]
-    assert stats.JointLaw is laws.JointLaw and stats.joint_power_law is laws.joint_power_law  # the old names
 
 
 def test_the_lack_of_fit_F_is_the_cells_spread_against_the_seeds():

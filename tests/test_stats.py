@@ -1,6 +1,5 @@
 """tune_mnist.stats on synthetic data whose answers are known."""
 
-import gc
 import math
 
 import numpy as np
@@ -93,34 +92,6 @@ def test_area_under_is_the_mean_level():
     assert stats.area_under([0, 1, 3], [0, 1, 1]) == pytest.approx(2.5 / 3)
 
 
-def test_rank_with_ties_beats_the_different_group_and_ties_the_same():
-    rng = np.random.default_rng(6)
-    table = pd.DataFrame({"activation": np.repeat(["relu", "gelu", "tanh"], 10),
-                          "acc": np.concatenate([rng.normal(0.98, 0.002, 10), rng.normal(0.98, 0.002, 10),
-                                                 rng.normal(0.95, 0.002, 10)])})
-    ranked = stats.rank_with_ties(table, "acc", "activation")
-    assert list(ranked["activation"][2:]) == ["tanh"] and set(ranked["activation"][:2]) == {"relu", "gelu"}
-    assert list(ranked["beaten"]) == [False, False, True] and list(ranked["not_separated"]) == [True, True, False]
-    assert (ranked["tied_with_best"] == ranked["not_separated"]).all()  # the old name, while callers read it
-    assert ranked["p"].iloc[2] < 1e-10 and ranked["p"].iloc[1] > 0.05 and math.isnan(ranked["p"].iloc[0])
-    assert ranked["p_holm"].iloc[2] == pytest.approx(2 * ranked["p"].iloc[2], rel=1e-9, abs=0)  # 2 comparisons
-    assert ranked["mde"].iloc[1] == pytest.approx(stats.detectable_difference(
-        math.sqrt((table.groupby("activation")["acc"].var().loc[list(ranked["activation"][:2])]).mean()), 10, 10))
-    assert ranked["mean"].is_monotonic_decreasing and (ranked["low"] < ranked["mean"]).all()
-    low_first = stats.rank_with_ties(table, "acc", "activation", lower_is_better=True)
-    assert low_first["activation"].iloc[0] == "tanh" and list(low_first["beaten"]) == [False, True, True]
-
-
-def test_rank_with_ties_uses_welch_unless_told():
-    rng = np.random.default_rng(7)
-    a, b = rng.normal(1.0, 0.1, 20), rng.normal(0.9, 0.4, 5)
-    table = pd.DataFrame({"g": ["a"] * 20 + ["b"] * 5, "v": np.concatenate([a, b])})
-    va, vb = a.var(ddof=1) / 20, b.var(ddof=1) / 5
-    t, df = (a.mean() - b.mean()) / math.sqrt(va + vb), (va + vb) ** 2 / (va ** 2 / 19 + vb ** 2 / 4)
-    assert stats.rank_with_ties(table, "v", "g")["p"].iloc[1] == pytest.approx(2 * sps.t.sf(abs(t), df))
-    assert stats.rank_with_ties(table, "v", "g", test="student")["p"].iloc[1] != pytest.approx(2 * sps.t.sf(abs(t), df))
-
-
 def hand_holm(p: np.ndarray) -> np.ndarray:
     """The step-down Holm that stats carried before statsmodels did it: the reference for the same numbers."""
     filled = np.where(np.isnan(p), 1.0, p)
@@ -129,23 +100,6 @@ def hand_holm(p: np.ndarray) -> np.ndarray:
     adjusted = np.empty_like(filled)
     adjusted[order] = np.maximum.accumulate(scaled)
     return np.where(np.isnan(p), np.nan, adjusted)
-
-
-def test_rank_with_ties_pairs_groups_on_their_shared_seeds():
-    rng = np.random.default_rng(15)
-    seed = rng.normal(0, 0.01, 6)  # each seed moves every activation alike, by more than they differ
-    table = pd.DataFrame({"activation": np.repeat(["relu", "gelu", "tanh"], 6), "seed": np.tile(range(6), 3),
-                          "acc": np.tile(seed, 3) + np.repeat([0.980, 0.979, 0.970], 6) + rng.normal(0, 0.0005, 18)})
-    table = table.drop(index=17)  # tanh lost its last seed: it is compared on the five it shares
-    paired = stats.rank_with_ties(table, "acc", "activation", test="paired")
-    welch = stats.rank_with_ties(table, "acc", "activation")
-    assert list(paired["activation"]) == ["relu", "gelu", "tanh"] and list(paired["pairs"]) == [6, 6, 5]
-    assert list(paired["beaten"]) == [False, True, True] and list(welch["beaten"]) == [False, False, False]
-    best, tanh = (table[table["activation"] == g].set_index("seed")["acc"] for g in ("relu", "tanh"))
-    assert paired["p"].iloc[2] == pytest.approx(sps.ttest_rel(best.loc[range(5)], tanh).pvalue)
-    assert list(paired["p_holm"][1:]) == pytest.approx(list(stats.holm(paired["p"][1:])[0]))
-    with pytest.raises(ValueError):
-        stats.rank_with_ties(table, "acc", "activation", test="sign")
 
 
 def test_holm_steps_down_as_the_hand_written_one_did(frozen_gc):
@@ -166,14 +120,6 @@ def test_holm_steps_down_as_the_hand_written_one_did(frozen_gc):
 def null_tests(rng: np.random.Generator, k: int) -> list[stats.Comparison]:
     """k paired tests of conditions that do not differ, 5 seeds each."""
     return [stats.paired_test(rng.normal(0, 1, 5), rng.normal(0, 1, 5)) for _ in range(k)]
-
-
-@pytest.fixture
-def frozen_gc():
-    """statsmodels' Holm runs gc.collect() on every call: objects frozen before a simulation are not scanned."""
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 def test_holm_holds_the_family_wise_error_and_still_finds_a_real_effect(frozen_gc):
@@ -345,16 +291,6 @@ def test_pareto_front_of_a_hand_made_frame():
     assert list(front["name"]) == ["a", "b", "d", "h"] and list(front.index) == [2, 1, 0, 7]
 
 
-def test_plateau_of_an_exponential_decay():
-    x = np.arange(0, 201)
-    y = 5 * (1 + np.exp(-x / 10))
-    # y(x) - y(200) <= 0.01 y(x)  <=>  e^(-x/10) <= 0.01 / 0.99  <=>  x >= 10 ln 99 = 45.95; the scale 5 drops out
-    assert stats.plateau(x, y, 0.01) == 46
-    assert stats.plateau(x, y, 0.1) == 22  # 10 ln 9 = 21.97
-    assert stats.plateau(x, np.exp(-x / 10), 0.01) == 200  # no floor: the rest always gains over 1%
-    assert stats.plateau([0, 1, 2, 3, 4], [4, 2, 1, 1.5, 3], 0.01) == 2  # rising again later (overfitting)
-
-
 def test_plateau_start_of_an_exponential_decay():
     x = np.arange(0, 201)
     y = 5 * (1 + np.exp(-x / 10))
@@ -369,7 +305,6 @@ def test_plateau_start_says_not_reached_for_a_curve_that_keeps_falling():
     epochs = np.arange(0, 301, 10)
     slow = 0.5 * np.exp(-epochs / 2000)  # 5% per 100 epochs, to the end
     assert stats.plateau_start(epochs, slow, 0.01, 100) is None
-    assert stats.plateau(epochs, slow, 0.01) >= 280  # the old definition: a plateau just before the end
     assert stats.plateau_start(epochs, slow, 0.06, 100) == 0
     assert stats.plateau_start(epochs[:5], slow[:5], 0.01, 100) is None  # shorter than one window
 

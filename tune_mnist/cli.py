@@ -11,7 +11,7 @@ Whether trials will have a GPU, and so whether the [gpu] table applies, is settl
 with `--address local` by this machine (torch.cuda.is_available(): a local Ray gives its trials this machine's
 GPUs); with a cluster's address by joining the cluster first (cluster.connect, which gives up within seconds) and
 asking it, so the address is the one setting checked, and acted on, before the others. `report` and `export` read
-only a finished run whose run.json, settings and tables check out (report.finished_run), and create no folder.
+only a finished run whose run.json, settings and tables check out (studies.finished_run), and create no folder.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from tune_mnist import data as mnist
-from tune_mnist import models, report, runs, settings, storage
+from tune_mnist import models, runs, settings, storage, studies
 from tune_mnist.errors import UserError, require
 from tune_mnist.files import check_folder, read_table
 from tune_mnist.studies import Study, budget, registry
-from tune_mnist.tuning import cluster, runner
+from tune_mnist.tuning import cluster, runner, search
 
 STUDIES = registry()
 # What a resumed run may change: where the data lies and the cluster it runs on; never what it trains.
@@ -108,6 +108,7 @@ def run_study(study: Study, s: Any, run_dir: Path, args: argparse.Namespace) -> 
     shared = storage.for_run(s.storage, study.name, run_dir) if s.storage else ""
     if args.resume:
         runner.check_checkpoints(shared or str(run_dir))
+        search.check_state(shared or str(run_dir))
     data = mnist.subset(mnist.load(s.data or None), s.train_limit or None, s.eval_limit or None)
     if study.prepare:  # work that needs no cluster (compiling kernels) goes on while Ray starts
         study.prepare(s, data)
@@ -153,7 +154,7 @@ def export(args: argparse.Namespace) -> int:
 
 
 def redraw(args: argparse.Namespace) -> int:
-    for path in report.redraw(args.run_dir):
+    for path in studies.redraw(args.run_dir):
         print(path)
     return 0
 
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None, check_only: bool = False) -> int:
         if args.command in ("export", "report"):
             if args.command == "export" and args.format == "onnx":
                 models.check_onnx()  # a missing package is said before the run is read
-            report.finished_run(args.run_dir)  # a damaged run is refused before anything is read or written
+            studies.finished_run(args.run_dir)  # a damaged run is refused before anything is read or written
             return 0 if check_only else {"export": export, "report": redraw}[args.command](args)
         study = STUDIES[args.command]
         s, run_dir = validate(study, args)

@@ -119,17 +119,6 @@ class JointLaw:
             return f"systematic residuals: {self.systematic}"
         return ""
 
-    def better_doubling(self, w: float, f: float) -> tuple[str, float, float]:
-        """("data" or "width", loss at (w, 2f), loss at (2w, f)): which doubling lowers predicted loss more.
-
-        Doubling f=1 extrapolates beyond the full training set; a failed fit gives "unknown" and nan losses.
-        Not compute-matched: compute_matched is.
-        """
-        if self.reason:
-            return "unknown", math.nan, math.nan
-        more_data, more_width = float(self.predict(w, 2 * f)), float(self.predict(2 * w, f))
-        return ("data" if more_data < more_width else "width"), more_data, more_width
-
     def __str__(self) -> str:
         if self.reason:
             return f"no joint fit: {self.reason}"

@@ -6,11 +6,11 @@ shares, landing as (nets, 4*144, images); conv2 is each net's kernels spread int
 (one gather) times that, a batched GEMM; then the head: 1.4x-1.7x the nets a second of grouped convolutions
 (conv2 with groups = nets). TF32 is switched off where scores are computed, so they equal fp32 nn.Conv2d exactly. On a GPU a fused fp16
 kernel (kernels/screen.py) screens first, several times faster, and only nets near or above the threshold are scored here.
-Nets that reach the screen threshold on the small train split go on to val; each new best on val is scored
-on test and kept.
+Nets that reach the screen threshold on the small train split are scored on val and on test (whether passing the
+screen generalises: how many stay at or above the threshold on both); each new best on val is kept.
 
-The expected best of pure chance after n nets, each scored on n_val images at chance rate p = 0.1,
-is p + sqrt(p(1-p)/n_val) * sqrt(2 ln n) (the maximum of n near-normal accuracies).
+The expected best of pure chance among n nets scored on n_val images at chance rate p = 0.1 is
+p + sqrt(p(1-p)/n_val) * sqrt(2 ln n) (the maximum of n near-normal accuracies); n is the nets scored on val.
 """
 
 from __future__ import annotations
@@ -138,6 +138,8 @@ class Search:
         # runs, where a list of pairs grew by thousands a second and made every checkpoint slower.
         self.pairs: Counter[tuple[float, float]] = Counter()
         self.passing = 0
+        # passing nets whose val, whose test, and whose val and test both stay at or above the threshold
+        self.val_above = self.test_above = self.generalised = 0
         self.history: list[dict[str, float]] = []      # each new best on val
         self.kept: list[dict[str, Any]] = []           # weights of the last KEEP bests
 
@@ -152,14 +154,18 @@ class Search:
     def step(self) -> None:
         nets = sample(self.s.nets_per_step, self.s.weight_scale, self.s.bias_scale, self.generator, self.device)
         passing, train = self.screen(nets)
-        self.passing += len(passing)
         if len(passing):
             chosen = {k: v[passing] for k, v in nets.items()}
-            val = accuracy(chosen, self.splits["val"])
-            for j, (t, v) in enumerate(zip(train.tolist(), val.tolist())):
+            val, test = accuracy(chosen, self.splits["val"]), accuracy(chosen, self.splits["test"])
+            above_val, above_test = val >= self.s.threshold, test >= self.s.threshold
+            self.val_above += int(above_val.sum())
+            self.test_above += int(above_test.sum())
+            self.generalised += int((above_val & above_test).sum())
+            for j, (t, v, te) in enumerate(zip(train.tolist(), val.tolist(), test.tolist())):
                 self.pairs[(t, v)] += 1
                 if v > self.best_val:
-                    self.record(chosen, j, int(passing[j]), t, v)
+                    self.record(chosen, j, int(passing[j]), t, v, te, self.passing + j + 1)
+        self.passing += len(passing)
         self.evaluated += self.s.nets_per_step
 
     def screen(self, nets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,27 +186,31 @@ class Search:
         counts = screen.count_correct(nets, self.bands, train.y)
         return torch.nonzero(counts >= self.s.threshold * len(train) - SCREEN_MARGIN).flatten()
 
-    def record(self, nets: dict[str, torch.Tensor], j: int, index_in_step: int, train: float, val: float) -> None:
-        single = {k: v[j:j + 1] for k, v in nets.items()}
-        test = accuracy(single, self.splits["test"]).item()
+    def record(self, nets: dict[str, torch.Tensor], j: int, index_in_step: int, train: float, val: float,
+               test: float, scored: int) -> None:
+        """A new best on val: passing net j of this step, the `scored`-th net scored on val."""
         index = self.evaluated + index_in_step + 1
-        self.history.append({"index": index, "train": train, "val": val, "test": test,
-                             "expected_best": expected_best(index, len(self.splits["val"]))})
+        self.history.append({"index": index, "scored": scored, "train": train, "val": val, "test": test,
+                             "expected_best": expected_best(scored, len(self.splits["val"]))})
         self.kept = (self.kept + [{"index": index, "val": val, "state_dict": to_state_dict(nets, j)}])[-KEEP:]
 
     def summary(self) -> dict[str, Any]:
         best = self.history[-1] if self.history else {}
         return {"evaluated": self.evaluated, "failed_screen": self.failed_screen, "passing": self.passing,
+                "val_above": self.val_above, "test_above": self.test_above, "generalised": self.generalised,
                 "best_val": best.get("val", 0.0), "best_test": best.get("test", 0.0),
-                "expected_best": expected_best(self.evaluated, len(self.splits["val"]))}
+                "expected_best": expected_best(self.passing, len(self.splits["val"]))}
 
     def state_dict(self) -> dict[str, Any]:
         return {"settings": vars(self.s), "rng": self.generator.get_state(), "evaluated": self.evaluated,
-                "failed_screen": self.failed_screen, "passing": self.passing, "pairs": dict(self.pairs),
+                "failed_screen": self.failed_screen, "passing": self.passing, "val_above": self.val_above,
+                "test_above": self.test_above, "generalised": self.generalised, "pairs": dict(self.pairs),
                 "history": self.history, "kept": self.kept}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["rng"].to("cpu"))
         self.evaluated = state["evaluated"]
         self.passing, self.pairs = state["passing"], Counter(state["pairs"])
+        self.val_above, self.test_above, self.generalised = (state[k] for k in ("val_above", "test_above",
+                                                                                 "generalised"))
         self.history, self.kept = list(state["history"]), list(state["kept"])

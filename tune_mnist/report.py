@@ -1,69 +1,16 @@
-"""Redraw a finished run's figures from its CSVs (what the notebooks call), and write its REPORT.md."""
+"""A run's REPORT.md: the question and its answer first, the evidence next, how it was made last."""
 
 from __future__ import annotations
 
 import os
-import platform
 import shlex
-import subprocess
-import time
-from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pandas as pd
 
 from tune_mnist import runs
-from tune_mnist.errors import UserError
 from tune_mnist.files import atomic_write
-from tune_mnist.settings import Space
-
-if TYPE_CHECKING:
-    from tune_mnist.studies import Study
-
-
-def finished_run(run_dir: str | Path) -> tuple[Study, Any]:
-    """A finished run's study and settings, once its run.json, its settings (against the study's types and check)
-    and its tables (Study.tables) check out; UserError, one line, otherwise. Reads only."""
-    from tune_mnist.studies import load
-
-    meta = runs.read(run_dir)
-    study = load(meta["study"])
-    s = Space(study.settings, study.name).saved(meta["settings"], str(Path(run_dir) / runs.RUN_FILE))
-    study.check(s)
-    runs.check_tables(Path(run_dir), study.tables(s))
-    return study, s
-
-
-def redraw(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
-    """Draws a finished run's figures and REPORT.md into `out` (default: the run folder) and returns the figures'
-    paths; only `out` is created, once the run has checked out."""
-    study, _ = finished_run(run_dir)
-    out = Path(out or run_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write the figures to {out}: {e.strerror or e}") from None
-    study.report(Path(run_dir), out)
-    return sorted(out.glob("*.png"))
-
-
-def newest_run(study: str, roots: tuple[str, ...] = ("results", "../results")) -> Path:
-    """The newest finished run of a study (one with a REPORT.md) under the first results folder that has one:
-    what a notebook opens by default, from the repository or from notebooks/."""
-    for root in map(Path, roots):
-        finished = sorted((root / study).glob("*/REPORT.md"), key=lambda p: p.stat().st_mtime)
-        if finished:
-            return finished[-1].parent
-    raise FileNotFoundError(f"no finished {study} run under {' or '.join(roots)}: run `python -m tune_mnist {study}` "
-                            "first, or set TUNE_MNIST_RUN to a run folder")
-
-
-def markdown(folder: Path) -> str:
-    """A folder's REPORT.md without its figure links, which a notebook shows itself."""
-    text = (Path(folder) / "REPORT.md").read_text()
-    return "\n".join(line for line in text.splitlines() if not line.startswith("!["))
 
 
 class Report:
@@ -82,7 +29,7 @@ class Report:
     def versions(self, found: dict[str, str] | None = None) -> None:
         """Records the versions a run was made with (run.json's), or this process's: python and packages, the
         date, and the git commit when the package is a checkout."""
-        found = dict(found or current_versions())
+        found = dict(found or runs.versions(dated=True))
         self._made.append("\n".join(f"- {k}: {v}" for k, v in found.items()))
 
     def answer(self, text: str) -> None:
@@ -130,20 +77,6 @@ class Report:
         return path
 
 
-def current_versions() -> dict[str, str]:
-    """Python and package versions, today's date, and the git commit when the package is a checkout."""
-    found = {"python": platform.python_version()}
-    for name in ("torch", "ray", "optuna", "tune_mnist"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    found["date"] = time.strftime("%Y-%m-%d")
-    if commit := _git_commit(Path(__file__).parent):
-        found["commit"] = commit
-    return found
-
-
 def for_run(run_dir: Path, title: str, question: str) -> Report:
     """A report whose "how this was made" is the run's own: its command and the versions it ran with."""
     meta = runs.read(run_dir)
@@ -156,18 +89,3 @@ def for_run(run_dir: Path, title: str, question: str) -> Report:
 def _cell(v: object, floatfmt: str) -> str:
     """A table cell: floats in floatfmt, and pipes escaped so text cannot split a row."""
     return format(v, floatfmt) if isinstance(v, float) else str(v).replace("|", "\\|")
-
-
-def _git_commit(folder: Path) -> str | None:
-    """HEAD of the git checkout holding `folder`, marked when tracked files changed since; None outside git."""
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + (" (with uncommitted changes)" if dirty else "")

@@ -12,8 +12,11 @@ import fcntl
 import json
 import math
 import os
+import platform
+import subprocess
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +41,35 @@ def taken(run_dir: Path) -> UserError:
     return UserError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue it, or another --name")
 
 
-def versions() -> dict[str, str]:
-    """The versions of what a run's numbers depend on, and the commit where the package is a git checkout."""
-    from tune_mnist.report import current_versions
-
-    found = current_versions()
-    found.pop("date")
+def versions(dated: bool = False) -> dict[str, str]:
+    """The versions of what a run's numbers depend on (python, torch, ray, optuna, tune_mnist), the commit where
+    the package is a git checkout, and with dated=True today's date."""
+    found = {"python": platform.python_version()}
+    for name in ("torch", "ray", "optuna", "tune_mnist"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    if dated:
+        found["date"] = time.strftime("%Y-%m-%d")
+    if commit := git_commit(Path(__file__).parent):
+        found["commit"] = commit
     return found
+
+
+def git_commit(folder: Path) -> str | None:
+    """HEAD of the git checkout holding `folder`, marked when tracked files changed since; None outside git."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
 
 
 def start(run_dir: Path, study: str, settings: dict[str, Any], command: list[str]) -> None:

@@ -246,6 +246,13 @@ def holm_family(comparisons: Sequence[Comparison]) -> list[Comparison]:
     return [replace(c, p_adjusted=float(q), family=len(comparisons)) for c, q in zip(comparisons, adjusted)]
 
 
+def strictest_power(c: Comparison) -> Comparison:
+    """The comparison with its detectable difference at the Bonferroni level α/m, Holm's strictest step: a true
+    difference that large is found with 80% power however many of the family's other tests are null."""
+    d = c.difference
+    return replace(c, mde=detectable_difference(d.stderr * math.sqrt(d.n), d.n, level=1 - (1 - d.level) / c.family))
+
+
 def proportion_interval(successes: int, total: int, level: float = 0.95, unit: str = "") -> Interval:
     """Wilson interval of a fraction successes/total (statsmodels): unlike p ± z·se it stays inside [0, 1] and
     covers near 0 and 1 and at small totals."""
@@ -368,17 +375,6 @@ def area_under(x: ArrayLike, y: ArrayLike) -> float:
     return float(np.trapezoid(y, x) / (x[-1] - x[0]))
 
 
-def plateau(x: ArrayLike, y: ArrayLike, tolerance: float) -> float:
-    """The first x from which the rest of the curve gains at most `tolerance` (0.01 = 1%) of y(x).
-
-    That is, the first x with y(x) − min(y over x' ≥ x) ≤ tolerance·|y(x)|; the last point always qualifies, so a
-    curve still falling gives a point near its end: plateau_start is the definition that can say "not reached".
-    """
-    x, y = _sorted(x, y)
-    # the first such x is never past the minimum, so the minimum over x' >= x is the overall one
-    return float(x[np.flatnonzero(y - y.min() <= tolerance * np.abs(y))[0]])
-
-
 def plateau_start(x: ArrayLike, y: ArrayLike, rate: float, window: float) -> float | None:
     """The first x after which a falling curve (e.g. loss vs epochs) improves by less than `rate` of itself per
     `window` x-units (0.01 and 100: 1% per 100 epochs), over every full window of the curve that follows.
@@ -402,48 +398,6 @@ def plateau_start(x: ArrayLike, y: ArrayLike, rate: float, window: float) -> flo
 # Rankings and fronts
 
 
-def rank_with_ties(table: pd.DataFrame, value: str, group: str, level: float = 0.95, test: str = "welch",
-                   lower_is_better: bool = False, pair_on: str = "seed") -> pd.DataFrame:
-    """Groups best-first with mean and t-interval, and whether the best beats each one beyond noise.
-
-    Each group is tested against the best, two-sided: "welch" (unequal variances), "student" (pooled), or
-    "paired" on the values of `pair_on` (e.g. seed) the two share (`pairs` says how many), for groups run on the
-    same seeds. Holm-corrected over the comparisons: `p` raw, `p_holm` adjusted, `beaten` when p_holm < 1 − level,
-    `not_separated` otherwise (the best itself included; `tied_with_best` is the same column under its old name);
-    `mde` the difference from the best that the test would detect with 80% power.
-    """
-    if test not in ("welch", "student", "paired"):
-        raise ValueError(f"test must be 'welch', 'student' or 'paired', got {test!r}")
-    samples = {g: part for g, part in table.groupby(group, sort=False)}
-    summaries = {g: mean_interval(part[value], level) for g, part in samples.items()}
-    rows = [{group: g, "mean": i.mean, "low": i.low, "high": i.high, "n": i.n, "stderr": i.stderr}
-            for g, i in summaries.items()]
-    ranked = pd.DataFrame(rows).sort_values("mean", ascending=lower_is_better, kind="stable").reset_index(drop=True)
-    best = samples[ranked[group].iloc[0]]
-    p, mde, pairs = [math.nan], [math.nan], [len(best)]
-    for g in ranked[group].iloc[1:]:
-        if test == "paired":
-            a, b = (s.set_index(pair_on)[value] for s in (best, samples[g]))
-            shared = a.index.intersection(b.index)
-            c = paired_test(a.loc[shared], b.loc[shared], level=level)
-            pairs.append(len(shared))
-        else:
-            a, b = best[value].to_numpy(dtype=float), samples[g][value].to_numpy(dtype=float)
-            c = welch_test(a, b, level=level)
-            if test == "student":
-                c = replace(c, p=float(sps.ttest_ind(a, b).pvalue))
-        p.append(c.p)
-        mde.append(c.mde)
-    if test == "paired":
-        ranked.insert(ranked.columns.get_loc("n") + 1, "pairs", pairs)
-    adjusted, detected = holm(p[1:], level)
-    ranked["p"], ranked["p_holm"], ranked["mde"] = p, [math.nan, *adjusted], mde
-    ranked["beaten"] = [False, *detected]
-    ranked["not_separated"] = ~ranked["beaten"]
-    ranked["tied_with_best"] = ranked["not_separated"]
-    return ranked
-
-
 def pareto_front(frame: pd.DataFrame, cost: str, value: str) -> pd.DataFrame:
     """Rows no other row dominates (cost as low and value as high, one strictly better), sorted by cost.
 
@@ -456,10 +410,3 @@ def pareto_front(frame: pd.DataFrame, cost: str, value: str) -> pd.DataFrame:
     better = (c[None, :] < c[:, None]) | (v[None, :] > v[:, None])
     return frame[~(no_worse & better).any(axis=1)].sort_values([cost, value], ascending=[True, False], kind="stable")
 
-
-def __getattr__(name: str) -> Any:
-    """The scaling laws moved to laws.py; their names still resolve here for the studies that import them so."""
-    if name in ("PowerLaw", "power_law", "JointLaw", "joint_power_law"):
-        from tune_mnist import laws
-        return getattr(laws, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -125,13 +125,20 @@ def epoch_loop(pop: Population, opt: Optimizer, train: DeviceSplit, cfg: TrainCo
     total = torch.zeros(R, device=device)
     correct = torch.zeros(R, device=device, dtype=torch.long)
 
+    # a full batch without corruption is the same input for every member: scaled once, never copied per member
+    same = scale_inputs(train.x, cfg.inputs) if batch >= n and keys is None else None
+
     def step(idx: torch.Tensor) -> None:
-        if batch >= n:  # a full batch sees every image whatever the order: no gathered copy
-            idx = torch.arange(n, device=device).expand(R, n)
-            x, y = train.x.expand(R, *train.x.shape), train.y.expand(R, n)
+        if same is not None:
+            y = train.y.expand(R, n)
+            logits = pop(same, shared=True, optimizer=opt)
         else:
-            x, y = train.x[idx], train.y[idx]
-        logits = pop(scale_inputs(noise.corrupt(x, keys, idx), cfg.inputs), optimizer=opt)
+            if batch >= n:  # a full batch sees every image whatever the order: no gathered copy
+                idx = torch.arange(n, device=device).expand(R, n)
+                x, y = train.x.expand(R, *train.x.shape), train.y.expand(R, n)
+            else:
+                x, y = train.x[idx], train.y[idx]
+            logits = pop(scale_inputs(noise.corrupt(x, keys, idx), cfg.inputs), optimizer=opt)
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(R, -1).mean(1)
         opt.zero_grad()
         losses.sum().backward()

@@ -37,31 +37,38 @@ STATES = ("state.pt", "search.pt")  # what a trial's checkpoint holds: a populat
 KEEP_CHECKPOINTS = 2  # the experiment state saved last can name the checkpoint before the newest: keep it
 # Ray's state files, the experiment's first: a restore reads the newest of each
 RAY_STATES = ("experiment_state-", "basic-variant-state-", "search_gen_state-", "searcher-state-", "callback-states-")
+ENDED = "rows.csv"  # an ended experiment's rows, in the run folder's tune/<experiment>/: interrupted.csv lists them
 LOST = "does not exist on storage anymore"  # Ray's error for a trial restored from a checkpoint it had removed
 
 
 class RayMessages(logging.Filter):
-    """Reads Ray Tune's log: notes when it says Ctrl-C interrupted an experiment (Tune returns as if it had
-    finished), and drops what Progress says in a line or tune_mnist says itself: metrics it could not read for
-    trials that never started (after Ctrl-C or a kill; the rows come from each trial's last report in Ray's
-    experiment state, not from those files), a failed trial's traceback (its error.txt holds it), the list of
-    failed trials, and its resume hint (a Python call; tune_mnist prints its own command)."""
+    """Reads Ray Tune's log while one experiment runs: notes when it says Ctrl-C interrupted the experiment (Tune
+    returns as if it had finished), and drops what Progress says in a line or tune_mnist says itself: metrics it
+    could not read for trials that never started (after Ctrl-C or a kill; the rows come from each trial's last
+    report in Ray's experiment state, not from those files), a failed trial's traceback (its error.txt holds it),
+    the list of failed trials, and its resume hint (a Python call; tune_mnist prints its own command)."""
 
-    interrupted = False
+    LOGGERS = ("ray.tune.analysis.experiment_analysis", "ray.tune.tune", "ray.tune.execution.tune_controller")
     DROPPED = ("Failed to fetch metrics", "Resume experiment with: Tuner.restore", "Trial task failed for trial",
                "Trials did not complete")
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        RayMessages.interrupted |= "has been interrupted" in message
+        self.interrupted |= "has been interrupted" in message
         return not any(dropped in message for dropped in self.DROPPED)
 
+    def __enter__(self) -> RayMessages:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
 
-for _name in ("ray.tune.analysis.experiment_analysis", "ray.tune.tune", "ray.tune.execution.tune_controller"):
-    logging.getLogger(_name).addFilter(RayMessages())
-
-# (run folder, experiment) -> its results, once it has ended in this process: interrupted.csv lists them all
-_ended: dict[tuple[str, str], list[tune.Result]] = {}
+    def __exit__(self, *exc: Any) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
 
 
 class Interrupted(Exception):
@@ -146,20 +153,21 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
                     checkpoint_at_end=True if checkpoint_every else None),
             ),
         )
-    start, RayMessages.interrupted = time.time(), False
-    with pending_trials(max(1, math.ceil(trial_slots(res))) if search_alg else None):
+    start = time.time()
+    with pending_trials(max(1, math.ceil(trial_slots(res))) if search_alg else None), RayMessages() as ray_log:
         grid = tuner.fit()
         lost = [r for r in grid if r.error is not None and LOST in str(r.error)]
-        if lost and not RayMessages.interrupted:
+        if lost and not ray_log.interrupted:
             print(f"[{name}] {len(lost)} trial(s) resumed from a checkpoint Ray had already removed (its experiment "
                   "state, saved every few seconds, was older than the trial): they train again from the start",
                   flush=True)
             grid = restore(restart_errored=True).fit()
-    if RayMessages.interrupted and not stop_on_interrupt:
+    ended = run_dir / "tune" / name / ENDED
+    if ray_log.interrupted and not stop_on_interrupt:
         # the trials that ended: a report marked done, or an error (the others were stopped mid-training)
         finished = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
-        ended = [(n, results) for (folder, n), results in _ended.items() if folder == str(run_dir) and n != name]
-        frames = [experiment_rows(n, results) for n, results in [*ended, (name, finished)] if results]
+        frames = [files.read_table(f) for f in sorted((run_dir / "tune").glob(f"*/{ENDED}")) if f != ended]
+        frames += [experiment_rows(name, finished)] if finished else []
         if frames:
             files.write_csv(run_dir / "interrupted.csv", pd.concat(frames, ignore_index=True))
         raise Interrupted(f"{name}: {len(finished)} of {len(grid)} trials finished")
@@ -167,9 +175,9 @@ def run(trainable: Callable | type, run_dir: Path, name: str, res: Resources, da
     if failed and len(failed) == len(grid):
         raise Failed(f"every trial of {name} failed ({len(failed)}), the first with {last_line(failed[0].error)} "
                      f"(see {failed[0].path})")
-    if not RayMessages.interrupted:
+    if not ray_log.interrupted:
         prune_checkpoints(grid, keep_last=not prune)
-    _ended[str(run_dir), name] = list(grid)
+        files.write_csv(ended, experiment_rows(name, list(grid)))
     print(f"[{name}] {len(grid)} trials in {time.time() - start:.1f} s", flush=True)
     return grid
 
