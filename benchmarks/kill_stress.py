@@ -30,9 +30,9 @@ SMALL = ["--train-limit", "10000", "--eval-limit", "1000"]
 SCENARIOS = {  # name: (arguments, seconds within which a kill lands)
     "budget-grid": (["budget", "--P", "20000", "--max-depth", "8", "--seeds", "2", "--epochs", "4", "--trials", "0",
                      *SMALL], 14),
-    "budget-optuna": (["budget", "--P", "20000", "--max-depth", "1", "--seeds", "1", "--trials", "12",
-                       "--search-population", "3", "--epochs", "3", "--confirm-top", "1", "--confirm-seeds", "2",
-                       *SMALL], 20),
+    "budget-optuna": (["budget", "--P", "20000", "--max-depth", "1", "--seeds", "1", "--search-depths", "1",
+                       "--trials", "24", "--search-population", "8", "--epochs", "3", "--confirm-top", "1",
+                       "--confirm-seeds", "2", *SMALL], 20),
     "corruption": (["corruption", "--families", "mlp", "--activations", "relu", "tanh", "--p", "0", "0.5", "1",
                     "--repeats", "2", "--epochs", "2", "--population", "3", *SMALL], 20),
     "random": (["random", "--weight-scales", "1.0", "2.0", "--data-seeds", "0", "1", "--max-nets", "30720", "--nets-per-step", "1024",
@@ -77,14 +77,14 @@ def check_grid(run_dir: Path) -> list[str]:
 
 def check_optuna(run_dir: Path) -> list[str]:
     trials = read_table(run_dir / "trials.csv")
-    found = trials[trials["stage"] == "optuna"]
-    problems = once(found, ["number"], 12, None)
+    found = trials[trials["stage"] == "search"]
+    problems = once(found, ["number"], 24, None)
     done = found[found["stopped_early"] == 0]
     if (done["epoch"] != 3).any():
         problems.append("a member that was not stopped early is short of its epochs")
-    study = optuna.load_study(study_name="budget-P20000", storage=journal(run_dir / "optuna.journal"))
+    study = optuna.load_study(study_name="budget-P20000-k1", storage=journal(run_dir / "optuna.journal"))
     told = {t.number: t for t in study.trials}
-    if sorted(told) != list(range(12)) or not all(t.state.is_finished() for t in told.values()):
+    if sorted(told) != list(range(24)) or not all(t.state.is_finished() for t in told.values()):
         problems.append(f"journal: {len(told)} trials, states {sorted({t.state.name for t in told.values()})}")
     for row in found.itertuples():
         t = told.get(row.number)

@@ -34,12 +34,12 @@ from tune_mnist.tuning import cluster, runner, search
 DENSE_TF32 = {"H100": 494.7e12, "H200": 494.7e12}  # dense TF32 FLOP/s of the SXM parts (no sparsity)
 
 
-# the budget study's stage-2 space, as its TOML sets it
-SPACE = budget.optuna_space(settings.Space(budget.Settings, "budget").settings(argparse.Namespace()))
+# the budget study's stage-2 space, as its TOML sets it, over depths 1 to 3
+SPACE = budget.optuna_space(settings.Space(budget.Settings, "budget").settings(argparse.Namespace()), (1, 2, 3))
 
 
 def shared(P: int, epochs: int) -> dict:
-    return {"P": P, "stage": "optuna", "train": TrainConfig(epochs=epochs, batch_size=128, optimizer="adam").as_dict(),
+    return {"P": P, "stage": "search", "train": TrainConfig(epochs=epochs, batch_size=128, optimizer="adam").as_dict(),
             "prune_grace": 1, "prune_factor": 2}
 
 

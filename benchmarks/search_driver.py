@@ -31,8 +31,8 @@ from tune_mnist.studies import budget
 from tune_mnist.tuning import members as report_format
 from tune_mnist.tuning import search
 
-# the budget study's stage-2 space, as its TOML sets it
-SPACE = budget.optuna_space(settings.Space(budget.Settings, "budget").settings(argparse.Namespace()))
+# the budget study's stage-2 space, as its TOML sets it, over depths 1 to 3
+SPACE = budget.optuna_space(settings.Space(budget.Settings, "budget").settings(argparse.Namespace()), (1, 2, 3))
 SHAPES = {"shape": SPACE["shapes"]}
 
 

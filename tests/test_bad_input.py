@@ -86,10 +86,10 @@ CASES = {
     "zero epochs": (["budget", "--epochs", "0"], "--epochs 0: must be > 0"),
     "zero seeds": (["budget", "--seeds", "0"], "--seeds 0: must be > 0"),
     "zero depth": (["budget", "--max-depth", "0"], "--max-depth 0: must be > 0"),
-    "lr 0": (["budget", "--lr", "0"], "--lr 0.0: must be > 0"),
-    "lr -1": (["budget", "--lr", "-1"], "--lr -1.0: must be > 0"),
-    "lr nan": (["budget", "--lr", "nan"], "--lr nan: must be a finite number"),
-    "lr inf": (["budget", "--lr", "inf"], "--lr inf: must be a finite number"),
+    "lr 0": (["budget", "--lrs", "0.001", "0"], "--lrs 0.0: must be > 0"),
+    "lr -1": (["budget", "--lrs", "-1"], "--lrs -1.0: must be > 0"),
+    "lr nan": (["budget", "--lrs", "nan"], "--lrs nan: must be a finite number"),
+    "lr inf": (["budget", "--lrs", "inf"], "--lrs inf: must be a finite number"),
     "batch size 0": (["budget", "--batch-size", "0"], "--batch-size 0: must be > 0"),
     "batch size -1": (["budget", "--batch-size", "-1"], "--batch-size -1: must be > 0"),
     "one value where a range needs two": (["budget", "--ratio", "0.3"], "--ratio 0.3: needs at least 2 values"),
@@ -165,7 +165,7 @@ CASES = {
     "space file with activations = []": (["budget", "--space", "{space:acts}"], "activations = [] in"),
     "space file with a name that climbs out": (["budget", "--space", "{space:name}"], "name = '../../x' in"),
     "space file with a wrong type": (["budget", "--space", "{space:type}"], "epochs = 2.5 in"),
-    "space file with nan in [smoke]": (["budget", "--smoke", "--space", "{space:nan}"], "lr = nan in"),
+    "space file with nan in [smoke]": (["budget", "--smoke", "--space", "{space:nan}"], "lrs[0] = nan in"),
     "space file with an unknown key": (["budget", "--space", "{space:unknown}"], "sets epoch, which budget"),
     # --resume
     "resume a folder that is no run": (["budget", "--resume", "{tmp}/empty"], "not a tune_mnist run folder"),
@@ -209,7 +209,7 @@ def fill(tmp_path, argv):
         "acts": lambda: space(tmp_path, "activations = []\n", "acts.toml"),
         "name": lambda: space(tmp_path, 'name = "../../x"\n', "name.toml"),
         "type": lambda: space(tmp_path, "epochs = 2.5\n", "type.toml"),
-        "nan": lambda: space(tmp_path, "[smoke]\nlr = nan\n", "nan.toml"),
+        "nan": lambda: space(tmp_path, "[smoke]\nlrs = [nan]\n", "nan.toml"),
         "unknown": lambda: space(tmp_path, "epoch = 7\n", "unknown.toml"),
     }
     linear_settings = json.loads(json.dumps(vars(settings.Space(load("linear").settings, "linear").settings(

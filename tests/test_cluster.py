@@ -69,7 +69,8 @@ def test_study_runs_on_both_nodes_four_trials_on_two_logical_gpus_into_shared_st
         done = subprocess.run(
             [sys.executable, "-m", "tune_mnist", "budget", "--address", f"127.0.0.1:{port}",
              "--cpus-per-trial", "0.25", "--P", "20000", "--trials", "0",  # GPU share: the default, 0.5
-             "--max-depth", "32", "--seeds", "1", "--epochs", "12", "--train-limit", "8000", "--eval-limit", "1000",
+             "--max-depth", "32", "--seeds", "1", "--lrs", "0.001", "--epochs", "12", "--train-limit", "8000",
+             "--eval-limit", "1000",
              "--results", str(tmp_path), "--name", "c", "--storage", f"file://{tmp_path}/shared"],
             env=ENV, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

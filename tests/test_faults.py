@@ -52,13 +52,14 @@ def test_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path, ray_session
 
 @pytest.mark.slow
 def test_killed_optuna_search_resumes_with_its_history_and_no_member_twice(tmp_path):
-    """SIGKILL mid-stage-2 (populations of 2 Optuna trials): the resumed search keeps what Optuna was told and
-    trains every one of the 8 trials exactly once."""
+    """SIGKILL mid-stage-2 (populations of 8 Optuna trials): the resumed search keeps what Optuna was told and
+    trains every one of the 32 trials exactly once."""
     results = tmp_path / "results"
-    args = ["budget", "--P", "20000", "--max-depth", "1", "--seeds", "1", "--trials", "8", "--search-population", "2",
-            "--epochs", "3", "--train-limit", "10000", "--eval-limit", "1000", "--max-concurrent", "2",
-            "--confirm-top", "1", "--confirm-seeds", "1", "--results", str(results), "--name", "o"]
-    start_and_kill(args, "[P20000-optuna]", 2)
+    args = ["budget", "--P", "20000", "--max-depth", "1", "--seeds", "1", "--lrs", "0.001", "--search-depths", "1",
+            "--trials", "32", "--search-population", "8", "--epochs", "3", "--train-limit", "10000",
+            "--eval-limit", "1000", "--max-concurrent", "2", "--confirm-top", "1", "--confirm-seeds", "1",
+            "--results", str(results), "--name", "o"]
+    start_and_kill(args, "[P20000-search-k1]", 2)
     run_dir = results / "budget" / "o"
     told_before = [t for t in load(run_dir).trials if t.state.is_finished()]
     assert len(told_before) >= 2
@@ -79,27 +80,27 @@ def test_killed_optuna_search_resumes_with_its_history_and_no_member_twice(tmp_p
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"{legacy} is not read" in done.stdout and not marker.exists()
     trials = load(run_dir).trials
-    assert len(trials) == 8 and all(t.state.is_finished() for t in trials), [t.state for t in trials]
+    assert len(trials) == 32 and all(t.state.is_finished() for t in trials), [t.state for t in trials]
     for before in told_before:  # what the sampler had learnt is still there, unchanged
         assert trials[before.number].params == before.params and trials[before.number].state == before.state
     rows = read_table(run_dir / "trials.csv")
-    optuna_rows = rows[rows["stage"] == "optuna"]
-    assert sorted(optuna_rows["number"]) == list(range(8)), "every member once"
+    optuna_rows = rows[rows["stage"] == "search"]
+    assert sorted(optuna_rows["number"]) == list(range(32)), "every member once"
     for t in trials:
         row = optuna_rows[optuna_rows["number"] == t.number].iloc[0]
         assert t.params["lr"] == pytest.approx(row["lr"]) and bool(row["stopped_early"]) == (t.state.name == "PRUNED")
 
 
 def load(run_dir) -> optuna.Study:
-    return optuna.load_study(study_name="budget-P20000", storage=journal(run_dir / "optuna.journal"))
+    return optuna.load_study(study_name="budget-P20000-k1", storage=journal(run_dir / "optuna.journal"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("max_failures", [0, 1])
 def test_max_failures_retries_a_trial_whose_worker_died(tmp_path, max_failures):
     """SIGKILL a trial's worker mid-training: with retries it resumes from its checkpoint, else it fails."""
-    args = ["budget", "--P", "20000", "--max-depth", "1", "--seeds", "1", "--trials", "0", "--epochs", "12",
-            "--eval-limit", "1000", "--max-concurrent", "1", "--max-failures", str(max_failures),
+    args = ["budget", "--P", "20000", "--max-depth", "1", "--seeds", "1", "--lrs", "0.001", "--trials", "0",
+            "--epochs", "12", "--eval-limit", "1000", "--max-concurrent", "1", "--max-failures", str(max_failures),
             "--results", str(tmp_path), "--name", "f"]
     proc = subprocess.Popen([sys.executable, "-m", "tune_mnist", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -231,8 +232,8 @@ def test_ctrl_c_stops_in_seconds_and_a_resume_refuses_code_and_retrains_a_damage
     how to continue and saves what finished. A checkpoint that would run code is then refused; a truncated one
     is removed with a line saying so, and its trial trains again from the start."""
     results = tmp_path / "results"
-    args = ["budget", "--P", "20000", "--max-depth", "2", "--seeds", "2", "--epochs", "6", "--trials", "0",
-            "--train-limit", "8000", "--eval-limit", "1000", "--results", str(results), "--name", "c"]
+    args = ["budget", "--P", "20000", "--max-depth", "2", "--seeds", "2", "--lrs", "0.001", "--epochs", "6",
+            "--trials", "0", "--train-limit", "8000", "--eval-limit", "1000", "--results", str(results), "--name", "c"]
     proc = subprocess.Popen([sys.executable, "-m", "tune_mnist", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -177,7 +177,7 @@ def toml(v) -> str:
 
 
 # A few inputs as the real command gets them, in fresh processes started together
-REAL = [["budget", "--lr", "nan"], ["corruption", "--p", "1", "inf"], ["transplant", "--name", "../../escape"],
+REAL = [["budget", "--lrs", "nan"], ["corruption", "--p", "1", "inf"], ["transplant", "--name", "../../escape"],
         ["budget", "--space", "{folder}"], ["report", "{folder}/results/nope"]]
 
 

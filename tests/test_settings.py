@@ -102,16 +102,16 @@ def test_the_study_records_are_what_cli_uses():
 
 def test_a_value_is_refused_with_its_origin(tmp_path):
     space_file = tmp_path / "mine.toml"
-    space_file.write_text("lr = -1.0\n[smoke]\nepochs = 0\n")
+    space_file.write_text("confirm_seeds = -1\n[smoke]\nepochs = 0\n")
     space = settings.Space(STUDIES["budget"].settings, "budget", str(space_file))
     parse = cli.build_parser().parse_args
-    with pytest.raises(UserError, match=rf"^lr = -1.0 in {space_file}: must be > 0$"):
+    with pytest.raises(UserError, match=rf"^confirm_seeds = -1 in {space_file}: must be > 0$"):
         space.settings(parse(["budget"]))
-    with pytest.raises(UserError, match=r"^--lr 0.0: must be > 0$"):
-        space.settings(parse(["budget", "--lr", "0"]))
+    with pytest.raises(UserError, match=r"^--confirm-seeds 0: must be > 0$"):
+        space.settings(parse(["budget", "--confirm-seeds", "0"]))
     with pytest.raises(UserError, match=rf"^epochs = 0 in {space_file} \[smoke\]: must be > 0$"):
-        space.settings(parse(["budget", "--lr", "0.1"]), smoke=True)
-    assert space.settings(parse(["budget", "--lr", "0.1", "--epochs", "3"]), smoke=True).epochs == 3
+        space.settings(parse(["budget", "--confirm-seeds", "2"]), smoke=True)
+    assert space.settings(parse(["budget", "--confirm-seeds", "2", "--epochs", "3"]), smoke=True).epochs == 3
 
 
 def test_train_config_takes_its_fields_from_settings_by_name():

@@ -442,20 +442,22 @@ def test_a_budget_run_keeps_what_export_and_resume_read_and_a_damaged_final_chec
     unchanged; whole again, the finished run resumes to the same rows."""
     from tune_mnist import cli
 
-    assert cli.main(["budget", "--P", "20000", "--max-depth", "1", "--seeds", "1", "--trials", "4",
-                     "--search-population", "2", "--epochs", "2", "--train-limit", "2000", "--eval-limit", "500",
-                     "--confirm-top", "1", "--confirm-seeds", "1", "--results", str(tmp_path), "--name", "b"]) == 0
+    assert cli.main(["budget", "--P", "20000", "--max-depth", "1", "--seeds", "1", "--lrs", "0.001",
+                     "--search-depths", "1", "--trials", "8", "--search-population", "8", "--epochs", "2",
+                     "--train-limit", "2000", "--eval-limit", "500", "--confirm-top", "1", "--confirm-seeds", "1",
+                     "--results", str(tmp_path), "--name", "b"]) == 0
     run_dir = tmp_path / "budget" / "b"
     trials = read_table(run_dir / "trials.csv")
     shown = hparams_dashboard(run_dir / "tensorboard")
-    assert len(shown) == len(trials) == 2 + 4 + len(trials[trials["stage"] == "confirm"])
+    assert len(shown) == len(trials) == 2 + 8 + len(trials[trials["stage"] == "confirm"])
     for row in trials.itertuples():
-        hparams, metrics = shown[f"P20000-{row.stage}/trial_{row.trial_id}/m{row.member}"]
+        experiment = "search-k1" if row.stage == "search" else row.stage
+        hparams, metrics = shown[f"P20000-{experiment}/trial_{row.trial_id}/m{row.member}"]
         assert (hparams["P"], hparams["stage"], hparams["k"], hparams["lr"]) == (20000, row.stage, row.k, row.lr)
         assert metrics["val_loss"] == pytest.approx(row.val_loss) and metrics["stopped_early"] == row.stopped_early
 
     assert not list(run_dir.glob("tune/P20000-grid/trial_*/checkpoint_*"))
-    assert not list(run_dir.glob("tune/P20000-optuna/trial_*/checkpoint_*"))
+    assert not list(run_dir.glob("tune/P20000-search-k1/trial_*/checkpoint_*"))
     confirm = sorted(run_dir.glob("tune/P20000-confirm/trial_*/checkpoint_*"))
     assert len(confirm) == trials[trials["stage"] == "confirm"]["trial_id"].nunique()
     assert trials[trials["stage"] != "confirm"]["checkpoint"].eq("").all()

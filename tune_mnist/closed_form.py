@@ -65,10 +65,12 @@ def profile(shape: str, k: int, ratio: float = 0.5, free: Sequence[float] = ()) 
 
 
 def fit_widths(relative: Sequence[float], P: int) -> list[int]:
-    """Integer widths in the given proportions whose count is as close to P as the last width allows.
+    """Integer widths in the given proportions whose count is within 1% of P, the last width closing the gap.
 
-    Bisection finds the largest scale whose rounded widths stay within P; the last layer's
-    count is linear in its width, so that width then closes the remaining gap exactly (to rounding).
+    Bisection finds the scales just below and just above P; at each, the last layer's count is linear in its width,
+    so that width closes the remaining gap (to rounding), as far as the proportions' order allows: it stays no wider
+    than any layer the profile makes wider, and no narrower than any it makes narrower. Of the two, the one whose
+    last width moved least from its proportion; ValueError where neither lands within 1%.
     """
     def widths_at(scale: float) -> list[int]:
         return [max(1, round(scale * r)) for r in relative]
@@ -77,26 +79,44 @@ def fit_widths(relative: Sequence[float], P: int) -> list[int]:
     for _ in range(100):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if count(widths_at(mid)) <= P else (lo, mid)
-    widths = widths_at(lo)
-    base = count(widths[:-1] + [0])
-    slope = count(widths[:-1] + [1]) - base
-    widths[-1] = max(1, round((P - base) / slope))
-    if abs(count(widths) - P) > TOLERANCE * P:
-        raise ValueError(f"widths {widths} have {count(widths)} parameters, more than 1% from P={P}")
-    return widths
+    fits = []
+    for scale in (lo, hi):
+        widths = widths_at(scale)
+        base = count(widths[:-1] + [0])
+        slope = count(widths[:-1] + [1]) - base
+        above = [w for w, r in zip(widths, relative) if r > relative[-1]]
+        below = [w for w, r in zip(widths, relative) if r < relative[-1]]
+        widths[-1] = min(max(1, *below, round((P - base) / slope)), *above, P)
+        if abs(count(widths) - P) <= TOLERANCE * P:
+            fits.append((abs(widths[-1] - scale * relative[-1]), widths))
+    if not fits:
+        raise ValueError(f"no widths in proportions {list(relative)} land within 1% of P={P}")
+    return min(fits)[1]
 
 
-@functools.cache  # every Optuna trial of the budget search asks, and each call bisects once per depth
-def feasible_depths(P: int, largest: int) -> tuple[int, ...]:
-    """Depths at which some uniform-ish net lands within 1% of P (one hidden layer moves in steps of 795)."""
-    ks = []
-    for k in range(1, min(largest, k_max(P)) + 1):
+def fit_profile(relative: Sequence[float], P: int) -> list[int]:
+    """fit_widths of a shape family's profile; where no widths in its proportions land within 1% of P (the steps
+    of small P are coarse), the profile eased halfway toward uniform, up to ten times, keeping its order (so the
+    widths stay of its family); ValueError where even then none do."""
+    for _ in range(10):
         try:
-            fit_widths([1.0] * k, P)
-            ks.append(k)
+            return fit_widths(relative, P)
         except ValueError:
-            pass
-    return tuple(ks)
+            relative = [(r + 1) / 2 for r in relative]
+    return fit_widths(relative, P)
+
+
+@functools.cache  # every search depth is asked about per P
+def holds(k: int, P: int) -> bool:
+    """Whether an MLP of k hidden layers of (nearly) one width lands within 1% of P (one hidden layer moves in steps
+    of 795 parameters, so k = 1 misses many P)."""
+    if not 1 <= k <= k_max(P):
+        return False
+    try:
+        fit_widths([1.0] * k, P)
+    except ValueError:
+        return False
+    return True
 
 
 def format_widths(widths: Sequence[int]) -> str:

@@ -67,33 +67,6 @@ def intervals(path: Path, frame: pd.DataFrame, x: str, series: Sequence[tuple[st
     save_figure(path, fig)
 
 
-def bars(path: Path, frame: pd.DataFrame, x: str, y: str, panel: str, *, title: str, ylabel: str) -> None:
-    """One subplot per value of `panel`, a horizontal bar per x."""
-    keys = sorted(frame[panel].unique())
-    fig, axes = pyplot().subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False, layout="constrained")
-    for ax, key in zip(axes.flat, keys):
-        part = frame[frame[panel] == key].sort_values(y)
-        ax.barh(part[x].astype(str), part[y])
-        ax.set(title=f"{panel} = {key}", xlabel=ylabel)
-        ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(title)
-    save_figure(path, fig)
-
-
-def front(path: Path, frame: pd.DataFrame, best: pd.DataFrame, x: str, y: str, group: str, *, title: str,
-          xlabel: str, ylabel: str) -> None:
-    """A point per row, coloured by `group`, and the rows of `best` joined as a front."""
-    fig, ax = pyplot().subplots(figsize=(7.5, 5), layout="constrained")
-    for key, part in frame.groupby(group, sort=True):
-        ax.scatter(part[x], part[y], s=10, alpha=0.5, label=f"{group}={key}")
-    ax.step(best[x], best[y], where="post", color="k", linewidth=1.5, label="Pareto front")
-    ax.set_xscale("log")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    save_figure(path, fig)
-
-
 def log_axes(ax: "matplotlib.axes.Axes", logx: bool, logy: bool) -> None:  # noqa: F821
     """Log scales labelled in plain numbers (1.8, 0.0625), not powers, which a narrow range makes unreadable."""
     from matplotlib.ticker import FormatStrFormatter, NullFormatter

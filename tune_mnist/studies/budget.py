@@ -1,13 +1,17 @@
 """budget: at a fixed parameter count P, which MLP shape trains best?
 
-Stage 1 is a grid over depth k at the uniform width m_P(k), with the 7,850-parameter linear model (k = 0) as the
-reference. Stage 2 is Optuna over layer-size vectors (uniform, decreasing, increasing, free) held within 1% of P
-by construction, with depth, activation, lr and weight decay: each Ray trial trains a population of Optuna
-trials of one depth and activation, stopping its worst members early (successive halving). Stage 3 trains the
-best configurations again with several seeds, with and without their weight decay, so that the answers
-(does a non-uniform shape beat uniform? does weight decay help?) come with intervals.
+Stage 1, the depth grid: uniform nets of depth k = 1, 2, 3, 4, 6, 8, ... at width m_P(k), and the 7,850-parameter
+linear model (k = 0) as the reference, each depth one population of a learning-rate sweep x seeds; each depth keeps
+the lr with the lowest validation loss, and a depth whose training loss stays at chance is marked as not trained.
+Stage 2, the search: at the best depth of stage 1 and its neighbours, Optuna over layer-size vectors held within 1%
+of P, activation, lr and weight decay, one study per depth; each Ray trial trains a population of Optuna trials of
+one depth and activation in which every shape family and weight-decay choice (off, on) has the same number of
+members, and successive halving stops the worst of each family alike, so every family finishes as many trials.
+Stage 3, the confirmation: each depth's best net of each family, the best of each family at any depth, the best
+without and with weight decay and the best few overall are trained again on evaluation seeds that no choice saw,
+so that the answers are differences paired by seed with intervals (budget_report.py).
 
-    python -m tune_mnist budget --P 25000 50000 100000 --trials 200
+    python -m tune_mnist budget --P 25000 50000 100000 --trials 64
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +27,7 @@ from typing import Annotated, Any, Literal
 import optuna
 import pandas as pd
 from annotated_types import Le
+from ray import tune
 
 from tune_mnist import closed_form, models, storage
 from tune_mnist.data import Mnist
@@ -33,13 +39,13 @@ from tune_mnist.settings import Activation, Common, NonEmpty, NonNegativeInt, Pa
 from tune_mnist.studies import Study
 from tune_mnist.train import TrainConfig
 from tune_mnist.tuning import cluster, runner, search, trial
-from tune_mnist.studies import budget_report as answers
+from tune_mnist.studies import budget_answers as answers, budget_design as design, budget_report
 
 NAME = "budget"
-HELP = "fixed parameter budget: depth grid, Optuna over layer-size vectors as populations, confirmation with seeds"
+HELP = "fixed parameter budget: depth grid with an lr sweep, Optuna over shapes in balanced populations, confirmation"
 SHAPES = ("uniform", "decreasing", "increasing", "free")
-CONFIG = ["k", "widths", "shape", "activation", "lr", "weight_decay"]  # what makes a configuration
 MAX_P = 10**9  # a billion parameters: far past MNIST's needs, and about what one GPU holds with Adam's state
+MAX_DEPTH = 1000  # the deepest search: far past where an MLP without normalisation still trains
 
 
 @dataclass
@@ -52,11 +58,12 @@ class Settings(Common):
     linear_run: str
     max_depth: PositiveInt
     seeds: PositiveInt
-    lr: Positive
+    lrs: NonEmpty[Positive]
     activation: Activation
+    depth_window: Annotated[NonNegativeInt, Le(MAX_DEPTH)]
+    search_depths: list[Annotated[PositiveInt, Le(MAX_DEPTH)]]
     trials: NonNegativeInt
     search_population: PositiveInt
-    optuna_max_depth: PositiveInt
     shapes: NonEmpty[Literal[SHAPES]]
     activations: NonEmpty[Activation]
     ratio: Pair[Positive]
@@ -66,15 +73,28 @@ class Settings(Common):
     prune_factor: PositiveInt
     confirm_top: NonNegativeInt
     confirm_seeds: PositiveInt
+    ablations: NonNegativeInt
+
+
+def strata(s: Settings) -> int:
+    """The search's strata: each shape family with weight decay off and on."""
+    return len(s.shapes) * len(design.DECAY)
 
 
 def check(s: Settings) -> None:
     for P in s.P:
         require(P >= closed_form.MIN_P, f"P={P} is too small: the smallest MLP (k=1, m=1) has {closed_form.MIN_P} "
                                         "parameters")
+        for k in s.search_depths:
+            require(closed_form.holds(k, P), f"--search-depths {k}: no MLP of {k} hidden layers holds P={P} within 1%")
     if s.linear_run:
         require(os.path.isfile(os.path.join(s.linear_run, "trials.csv")),
                 f"--linear-run {s.linear_run}: not a finished linear run (it has no trials.csv)")
+    require("uniform" in s.shapes, "--shapes must include uniform: every shape is compared with it")
+    for name in ("trials", "search_population"):
+        require(getattr(s, name) % strata(s) == 0,
+                f"--{name.replace('_', '-')} must be a multiple of {strata(s)} ({len(s.shapes)} shape families x "
+                f"weight decay off and on), so that each gets the same number of trials; got {getattr(s, name)}")
     for name in ("ratio", "lr_range", "weight_decay_range"):
         low, high = getattr(s, name)
         require(low <= high, f"--{name.replace('_', '-')} {low:g} {high:g}: the low end must not exceed the high end")
@@ -84,25 +104,41 @@ def check(s: Settings) -> None:
 # Trials: every stage's trial is a population of MLPs of one depth and activation
 
 def trainable(config: dict[str, Any], data: Mnist) -> None:
-    """A population of the config's members, each an MLP with its widths, lr and weight decay; in stage 2 the
-    population stops its worst members early."""
+    """A population of the config's members, each an MLP with its widths, lr and weight decay; in the search the
+    population stops the worst members of each shape family and weight-decay choice alike."""
+    entries = config["members"]
     members = [Member({"family": "mlp", "widths": closed_form.parse_widths(e["widths"]), "activation": e["activation"]},
-                      seed=e["seed"], lr=e["lr"], weight_decay=e["weight_decay"]) for e in config["members"]]
+                      seed=e["seed"], lr=e["lr"], weight_decay=e["weight_decay"]) for e in entries]
     cfg = TrainConfig(**config["train"])
-    stops = halving(config["prune_grace"], config["prune_factor"], cfg.epochs) if config["stage"] == "optuna" else None
+    stops = None
+    if config["stage"] == "search":
+        saved = trial.load_state(tune.get_checkpoint())  # a resumed trial goes on with the members it had kept
+        stops = halving(config["prune_grace"], config["prune_factor"], cfg.epochs,
+                        [(e["shape"], e["weight_decay"] > 0) for e in entries], saved["ids"] if saved else None)
     trial.train(data, members, cfg, {"P": config["P"], "stage": config["stage"]}, halving=stops)
 
 
-def halving(grace: int, factor: int, epochs: int) -> trial.Halving:
+def halving(grace: int, factor: int, epochs: int, groups: Sequence[Any] | None = None,
+            alive: Sequence[int] | None = None) -> trial.Halving:
     """Successive halving inside a population: at epochs grace, grace * factor, ... (before the last) only the best
-    1/factor of the members, by validation loss, go on."""
+    1/factor (rounded up), by validation loss, of each group's members go on, so groups of equal size keep equal
+    numbers. `groups`: each member's group (None: one group); `alive`: the members still training where a trial
+    resumes (None: all)."""
     rungs = {grace * factor ** i for i in range(64) if grace * factor ** i < epochs} if factor > 1 else set()
+    labels = list(groups) if groups is not None else None
+    ids = list(alive) if alive is not None else list(range(len(labels or [])))
 
     def keep(epoch: int, metrics: list[dict[str, Any]]) -> list[int]:
-        if epoch not in rungs:
-            return list(range(len(metrics)))
-        ranked = sorted(range(len(metrics)), key=lambda r: metrics[r]["val_loss"])
-        return sorted(ranked[:math.ceil(len(metrics) / factor)])
+        nonlocal ids
+        going = [r for r, m in enumerate(metrics) if "error" not in m]  # a diverged member goes in any case
+        if epoch in rungs:
+            by_group: dict[Any, list[int]] = {}
+            for r in going:
+                by_group.setdefault(labels[ids[r]] if labels else None, []).append(r)
+            going = sorted(r for rs in by_group.values()
+                           for r in sorted(rs, key=lambda r: metrics[r]["val_loss"])[:math.ceil(len(rs) / factor)])
+        ids = [ids[r] for r in going] if labels else ids
+        return going
 
     return keep
 
@@ -130,108 +166,110 @@ def by_population(entries: list[dict[str, Any]], size: int) -> list[list[dict[st
 def train_groups(s: Settings, P: int, stage: str, groups: list[list[dict[str, Any]]], run_dir: Path, data: Mnist,
                  res: cluster.Resources, prune: bool = False) -> pd.DataFrame:
     return runner.populations(trainable, run_dir, f"P{P}-{stage}", res, data, shared(s, P, stage), groups,
-                              keep=["P", "stage"], shown=["k", "widths", "seed"],
+                              keep=["P", "stage"], shown=["k", "widths", "lr", "seed"],
                               tensorboard=run_dir / "tensorboard" / f"P{P}-{stage}", prune=prune)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 1: the depth grid
+# Stage 1: the depth grid, an lr sweep at each depth
 
 def grid(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.Resources) -> pd.DataFrame:
-    entries = [entry(k, [closed_form.width_for(k, P)] * k if k else [], "uniform", s.activation, s.lr, 0.0, seed)
-               for k in [0, *closed_form.depth_grid(P, s.max_depth)] for seed in range(s.seeds)]
+    entries = [entry(k, [closed_form.width_for(k, P)] * k if k else [], "uniform", s.activation, lr, 0.0, seed)
+               for k in [0, *closed_form.depth_grid(P, s.max_depth)] for lr in s.lrs for seed in range(s.seeds)]
     # export reads the grid's checkpoints only where no confirmation stage follows
     return train_groups(s, P, "grid", by_population(entries, s.population), run_dir, data, res, prune=s.trials > 0)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Stage 2: Optuna, a population of trials at a time
+def search_depths(s: Settings, P: int, grid_rows: pd.DataFrame) -> list[int]:
+    """The depths the search covers: --search-depths, else the best depth of stage 1 and its neighbours."""
+    if s.search_depths:
+        return sorted(set(s.search_depths))
+    best = design.best_depth(design.depth_table(grid_rows), P)
+    return [] if best is None else design.window(best, s.depth_window, P)
 
-def optuna_space(s: Settings) -> dict[str, Any]:
-    """The settings that bound what Optuna may choose: what `define_space` reads."""
-    return {k: getattr(s, k) for k in ("optuna_max_depth", "activations", "shapes", "ratio", "lr_range",
-                                       "weight_decay_range")}
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 2: Optuna at each depth, a population of trials at a time
+
+def optuna_space(s: Settings, depths: Sequence[int]) -> dict[str, Any]:
+    """What `define_space` reads: the depths and the settings that bound what Optuna may choose."""
+    return {"depths": list(depths), **{k: getattr(s, k) for k in ("activations", "shapes", "ratio", "lr_range",
+                                                                  "weight_decay_range")}}
 
 
 def define_population(trial: optuna.Trial, P: int, space: dict[str, Any]) -> dict[str, Any]:
     """What a population's members share: depth and activation (the populations' study samples them)."""
-    depths = closed_form.feasible_depths(P, space["optuna_max_depth"])
-    return {"k": trial.suggest_int("k", depths[0], depths[-1]),
+    return {"k": trial.suggest_int("k", min(space["depths"]), max(space["depths"])),
             "activation": trial.suggest_categorical("activation", space["activations"])}
 
 
 def define_space(trial: optuna.Trial, P: int, space: dict[str, Any]) -> dict[str, Any]:
-    """Optuna define-by-run: depth and activation (its population's), shape family, lr and weight decay; widths meet
-    P by construction."""
+    """Optuna define-by-run: depth and activation (its population's), shape family and weight decay off or on (its
+    stratum), the family's profile, lr and weight decay; widths meet P by construction. At k = 1 every family's
+    net is the one-layer net."""
     k, activation = define_population(trial, P, space).values()
-    shape = trial.suggest_categorical("shape", space["shapes"]) if k > 1 else "uniform"
-    ratio = trial.suggest_float("ratio", *space["ratio"]) if shape in ("decreasing", "increasing") else 0.5
-    free = [trial.suggest_float(f"r{i}", 0.05, 1.0) for i in range(k)] if shape == "free" else []
+    shape = trial.suggest_categorical("shape", space["shapes"])
+    decay = trial.suggest_categorical("decay", design.DECAY)
+    ratio = trial.suggest_float("ratio", *space["ratio"]) if shape in ("decreasing", "increasing") and k > 1 else 0.5
+    free = [trial.suggest_float(f"r{i}", 0.05, 1.0) for i in range(k)] if shape == "free" and k > 1 else [1.0] * k
     lr = trial.suggest_float("lr", *space["lr_range"], log=True)
-    weight_decay = trial.suggest_float("weight_decay", *space["weight_decay_range"], log=True)
+    weight_decay = trial.suggest_float("weight_decay", *space["weight_decay_range"], log=True) if decay == "on" else 0.0
     try:
-        widths = closed_form.fit_widths(closed_form.profile(shape, k, ratio, free), P)
-    except ValueError:  # at small P a steep shape can round past 1%; the uniform net at this depth cannot
+        widths = closed_form.fit_profile(closed_form.profile(shape, k, ratio, free), P)
+    except ValueError:  # at small P no widths of this family land within 1% of P: the member is the uniform net
         shape, widths = "uniform", closed_form.fit_widths([1.0] * k, P)
     return entry(k, widths, shape, activation, lr, weight_decay, seed=trial.number)
 
 
-def optuna_stage(s: Settings, P: int, run_dir: Path, data: Mnist, res: cluster.Resources) -> pd.DataFrame:
-    space = optuna_space(s)
-    search.JOURNALS[study_name(P)] = run_dir / "optuna.journal"
+def search_stage(s: Settings, P: int, k: int, run_dir: Path, data: Mnist, res: cluster.Resources) -> pd.DataFrame:
+    """The search at depth k: s.trials Optuna trials in populations whose members cycle through the strata."""
+    space, name = optuna_space(s, [k]), design.study_name(P, k)
+    search.JOURNALS[name] = run_dir / "optuna.journal"
     searcher = search.PopulationSearch(functools.partial(define_space, P=P, space=space),
                                        functools.partial(define_population, P=P, space=space), n_trials=s.trials,
                                        size=s.search_population, journal_path=run_dir / "optuna.journal",
-                                       study_name=study_name(P), shared=shared(s, P, "optuna"))
-    grid = runner.run(trainable, run_dir, f"P{P}-optuna", res, data, num_samples=s.trials, search_alg=searcher,
-                      shown=["k", "activation", "population"], total=math.ceil(s.trials / s.search_population),
-                      nets=s.trials, tensorboard=run_dir / "tensorboard" / f"P{P}-optuna", hparams=["P", "stage"],
-                      prune=True)
-    return runner.member_rows(runner.rows(grid, ["P", "stage", "members"]))
-
-
-def study_name(P: int) -> str:
-    return f"budget-P{P}"
+                                       study_name=name, shared=shared(s, P, "search"),
+                                       strata={"shape": s.shapes, "decay": list(design.DECAY)})
+    found = runner.run(trainable, run_dir, f"P{P}-search-k{k}", res, data, num_samples=s.trials, search_alg=searcher,
+                       shown=["k", "activation", "population"], total=math.ceil(s.trials / s.search_population),
+                       nets=s.trials, tensorboard=run_dir / "tensorboard" / f"P{P}-search-k{k}",
+                       hparams=["P", "stage"], prune=True)
+    rows = runner.member_rows(runner.rows(found, ["P", "stage", "members"]))
+    return rows.assign(config=[design.config_id(P, k, n) for n in rows["number"]])
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 3: confirmation with seeds, with and without weight decay
+# Stage 3: the chosen configurations again, on evaluation seeds
 
-def candidates(frame: pd.DataFrame, top: int) -> pd.DataFrame:
-    """Distinct configurations that trained to the end, by mean validation loss: the best `top`, and each shape
-    family's best."""
-    done = frame[frame["error"].eq("") & frame["stopped_early"].eq(0) & frame["k"].gt(0)]
-    configs = done.groupby(CONFIG, as_index=False).agg(val_loss=("val_loss", "mean"), stage=("stage", "first"))
-    configs = configs.sort_values("val_loss")
-    chosen = pd.concat([configs.head(top), configs.groupby("shape").head(1)]).drop_duplicates(CONFIG)
-    return chosen.reset_index(drop=True)
-
-
-def confirm(s: Settings, P: int, frame: pd.DataFrame, run_dir: Path, data: Mnist,
+def confirm(s: Settings, P: int, searched: pd.DataFrame, run_dir: Path, data: Mnist,
             res: cluster.Resources) -> pd.DataFrame:
-    chosen = candidates(frame, s.confirm_top)
+    """Each chosen configuration (budget_design.choose) on every evaluation seed, and the `ablations` best of those
+    with weight decay also without it."""
+    chosen = design.choose(searched, s.confirm_top).sort_values(["val_loss", "number"])
+    ablated = set(chosen.loc[chosen["weight_decay"] > 0, "config"].head(s.ablations))
     entries = []
-    for i, c in chosen.iterrows():
-        for seed in range(s.confirm_seeds):
-            decays = [c.weight_decay, 0.0] if c.weight_decay > 0 else [0.0]
+    for c in chosen.itertuples():
+        decays = [c.weight_decay, 0.0] if c.config in ablated else [c.weight_decay]
+        for seed in design.evaluation_seeds(s.confirm_seeds):
             for decay in decays:
-                e = entry(int(c.k), closed_form.parse_widths(c.widths), c["shape"], c.activation, float(c.lr), decay, seed)
-                entries.append({**e, "config": i, "config_weight_decay": float(c.weight_decay),
-                                "from_stage": c.stage})
-    return train_groups(s, P, "confirm", by_population(entries, max(s.population, len(entries))), run_dir, data, res)
+                e = entry(c.k, closed_form.parse_widths(c.widths), c.shape, c.activation, c.lr, decay, seed)
+                entries.append({**e, "config": c.config, "roles": c.roles, "selection_val_loss": c.val_loss,
+                                "ablation": int(decay != c.weight_decay)})
+    return train_groups(s, P, "confirm", by_population(entries, s.population), run_dir, data, res)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Exports: the confirmed best per P
 
 def export(run_dir: Path, trials: pd.DataFrame, top: int = 1, onnx: bool = False) -> dict[str, Any]:
-    """The top-N confirmed configurations per P (by mean validation loss over seeds) to
-    run_dir/best/P<P>/rank<N>.safetensors (the seed with the lowest validation loss; weights, spec and metrics in
-    one file) and, with `onnx`, to rank<N>.onnx beside it, listed in best.json."""
+    """The top-N confirmed configurations per P (ranked by the search's validation loss) to
+    run_dir/best/P<P>/rank<N>.safetensors (the evaluation seed with the lowest validation loss; weights, spec and
+    metrics in one file) and, with `onnx`, to rank<N>.onnx beside it, listed in best.json; then REPORT.md again,
+    which lists them."""
     best: dict[str, Any] = {}
     for P, part in answers.confirmed(trials).groupby("P"):
         entries = []
-        for rank, (config, runs) in enumerate(answers.ranked_configs(part)[:top], start=1):
+        for rank, runs in enumerate(answers.ranked(part)[:top], start=1):
             row = runs.nsmallest(1, "val_loss").iloc[0]
             spec = {"family": "mlp", "widths": closed_form.parse_widths(row.widths), "activation": row.activation}
             state = storage.read_checkpoint(f"{row.checkpoint}/{trial.STATE}")
@@ -250,6 +288,8 @@ def export(run_dir: Path, trials: pd.DataFrame, top: int = 1, onnx: bool = False
                             "test_acc_mean": float(runs["test_acc"].mean()), **metrics})
         best[str(P)] = entries
     write_json(run_dir / "best.json", best)
+    if (run_dir / "REPORT.md").is_file():
+        report(run_dir)
     return best
 
 
@@ -258,30 +298,33 @@ def export(run_dir: Path, trials: pd.DataFrame, top: int = 1, onnx: bool = False
 def run(s: Settings, run_dir: Path, data: Mnist, res: cluster.Resources) -> dict[str, Any]:
     frames = []
     for P in s.P:
-        found = [grid(s, P, run_dir, data, res)]
+        stage1 = grid(s, P, run_dir, data, res)
+        frames.append(stage1)
         if s.trials:
-            found.append(optuna_stage(s, P, run_dir, data, res))
-            found.append(confirm(s, P, pd.concat(found, ignore_index=True), run_dir, data, res))
-        frames += found
+            searched = [search_stage(s, P, k, run_dir, data, res) for k in search_depths(s, P, stage1)]
+            if searched:
+                frames += [*searched, confirm(s, P, pd.concat(searched, ignore_index=True), run_dir, data, res)]
     trials = pd.concat(frames, ignore_index=True)
     write_csv(run_dir / "trials.csv", trials)
     best = export(run_dir, trials)
-    return answers.write(run_dir, trials, best)
+    return budget_report.write(run_dir, trials, best)
 
 
 def report(run_dir: Path, out: Path | None = None) -> None:
-    answers.write_report(run_dir, Path(out or run_dir), read_table(run_dir / "trials.csv"))
+    budget_report.write_report(run_dir, Path(out or run_dir), read_table(run_dir / "trials.csv"))
 
 
 def tables(s: Settings) -> list[Table]:
-    """trials.csv: per P, the depth grid's nets and Optuna's trials, then up to two runs (with and without weight
-    decay) per seed of each confirmed configuration (the best confirm_top and each shape family's best)."""
-    found = sum((1 + len(closed_form.depth_grid(P, s.max_depth))) * s.seeds + s.trials for P in s.P)
-    confirmed = len(s.P) * (s.confirm_top + len(s.shapes)) * s.confirm_seeds * 2 if s.trials else 0
-    return [Table("trials.csv", ("P", "stage", *CONFIG, "seed", "params", "val_loss", "test_loss", "test_acc",
+    """trials.csv: per P, the depth grid's nets (every lr and seed at each depth), then, where a depth trained, the
+    search's trials at each depth it covers and up to two runs (with and without weight decay) per evaluation seed
+    of each chosen configuration."""
+    grid = sum((1 + len(closed_form.depth_grid(P, s.max_depth))) * len(s.lrs) * s.seeds for P in s.P)
+    depths = len(s.search_depths) or 2 * s.depth_window + 1
+    chosen = depths * len(s.shapes) + len(s.shapes) + len(design.DECAY) + s.confirm_top
+    most = len(s.P) * (depths * s.trials + (chosen + min(chosen, s.ablations)) * s.confirm_seeds) if s.trials else 0
+    return [Table("trials.csv", ("P", "stage", *design.CONFIG, "seed", "params", "val_loss", "test_loss", "test_acc",
                                  "final_train_loss", "error", "stopped_early", "member", "checkpoint"),
-                  range(found, found + confirmed + 1),
-                  finite=("val_loss", "test_loss", "test_acc", "final_train_loss"))]
+                  range(grid, grid + most + 1), finite=("val_loss", "test_loss", "test_acc", "final_train_loss"))]
 
 
 STUDY = Study(NAME, HELP, __doc__, Settings, check, run, report, tables)
