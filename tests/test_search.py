@@ -13,7 +13,7 @@ from scipy import stats
 
 from tune_mnist.errors import UserError
 from tune_mnist.tuning import members
-from tune_mnist.tuning.search import STATE, PopulationSearch, PopulationTPE, check_state, journal
+from tune_mnist.tuning.search import JOURNAL, STATE, PopulationSearch, PopulationTPE, check_state, journal
 
 
 class Payload:
@@ -228,3 +228,18 @@ def test_weight_decay_off_or_a_log_range_in_one_define_by_run_space(tmp_path):
     assert 0 < len(off) < len(handed) and all(1e-7 <= m["weight_decay"] <= 1e-3 for m in handed if m not in off)
     assert all(("weight_decay" in trials[m["number"]].params) == (m not in off) for m in handed)
     assert all(t.state.name == "COMPLETE" for t in trials)
+
+
+def test_a_resumed_searcher_writes_the_journal_where_ray_s_param_space_says_the_run_folder_is_now(tmp_path):
+    first = searcher(tmp_path)
+    first.suggest("t0")
+    first.flush()
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (tmp_path / "j").rename(moved / "j")
+    restored = pickle.loads(pickle.dumps(first))  # as Ray keeps it in tuner.pkl: the old folder's path
+    assert restored.set_search_properties("val_loss", "min", {JOURNAL: str(moved / "j")})
+    assert len(restored.study.get_trials()) == 4, "the moved journal's trials"
+    restored.suggest("t1")
+    restored.flush()
+    assert not (tmp_path / "j").exists()

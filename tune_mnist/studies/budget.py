@@ -224,13 +224,13 @@ def define_space(trial: optuna.Trial, P: int, space: dict[str, Any]) -> dict[str
 def search_stage(s: Settings, P: int, k: int, run_dir: Path, data: Mnist, res: cluster.Resources) -> pd.DataFrame:
     """The search at depth k: s.trials Optuna trials in populations whose members cycle through the strata."""
     space, name = optuna_space(s, [k]), design.study_name(P, k)
-    search.JOURNALS[name] = run_dir / "optuna.journal"
     searcher = search.PopulationSearch(functools.partial(define_space, P=P, space=space),
                                        functools.partial(define_population, P=P, space=space), n_trials=s.trials,
                                        size=s.search_population, journal_path=run_dir / "optuna.journal",
                                        study_name=name, shared=shared(s, P, "search"),
                                        strata={"shape": s.shapes, "decay": list(design.DECAY)})
     found = runner.run(trainable, run_dir, f"P{P}-search-k{k}", res, data, num_samples=s.trials, search_alg=searcher,
+                       param_space={search.JOURNAL: str(run_dir / "optuna.journal")},
                        shown=["k", "activation", "population"], total=math.ceil(s.trials / s.search_population),
                        nets=s.trials, tensorboard=run_dir / "tensorboard" / f"P{P}-search-k{k}",
                        hparams=["P", "stage"], prune=True)

@@ -36,7 +36,7 @@ PENDING = "TUNE_MAX_PENDING_TRIALS_PG"  # read by Tune when an experiment starts
 STATES = ("state.pt", "search.pt")  # what a trial's checkpoint holds: a population's state, a random search's
 KEEP_CHECKPOINTS = 2  # the experiment state saved last can name the checkpoint before the newest: keep it
 # Ray's state files, the experiment's first: a restore reads the newest of each
-RAY_STATES = ("experiment_state-", "basic-variant-state-", "search_gen_state-", "searcher-state-", "callback-states-")
+RAY_STATES = ("experiment_state-", "basic-variant-state-", "search_gen_state-", "callback-states-")
 ENDED = "ended"  # the run folder's record of ended experiments: <experiment>/rows.csv (interrupted.csv lists them)
 # and <experiment>/timing.json (profile.py); beside tune/, which may be on --storage
 LOST = "does not exist on storage anymore"  # Ray's error for a trial restored from a checkpoint it had removed

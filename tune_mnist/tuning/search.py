@@ -39,9 +39,7 @@ from tune_mnist.tuning import members
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would drown the progress lines
 
-# Where this command keeps each study's journal: the searcher was pickled with its run folder's path, and a resumed
-# run folder may have moved since
-JOURNALS: dict[str, Path] = {}
+JOURNAL = "journal"  # the param_space key naming the journal where the run folder is now (it may have moved)
 POPULATION = "population"  # a member trial's user attribute: the number of its population's trial
 STATE = "population-search-{}.json"  # the searcher's state in an experiment folder, named by Ray's start time
 LEGACY_STATE = "searcher-state-"  # the pickle earlier versions wrote there: never read
@@ -234,7 +232,7 @@ class PopulationSearch(Searcher):
         """A study, opened when first needed: the Tuner pickles its searcher, and a storage's file handles do not."""
         if name not in self._studies:
             if self._journal is None:
-                self._journal = BatchedJournal(JOURNALS.get(self.study_name, self.journal_path))
+                self._journal = BatchedJournal(self.journal_path)
                 self._storage = optuna.storages.JournalStorage(self._journal)
             self._studies[name] = optuna.create_study(
                 study_name=name, storage=self._storage, sampler=self.sampler(seed),
@@ -256,6 +254,14 @@ class PopulationSearch(Searcher):
     def groups(self) -> optuna.Study:
         """The populations' study: one trial per population, told its best member's value."""
         return self.open(populations_study(self.study_name), self.seed + 1)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any],
+                              **spec: Any) -> bool:
+        """Ray hands every fit, a resumed one's too, the experiment's param_space: its JOURNAL key is where the
+        studies are now (the searcher was pickled with the run folder's path of its first command)."""
+        if JOURNAL in config:
+            self.journal_path = Path(config[JOURNAL])
+        return True
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_studies": {}, "_trials": {}, "_journal": None, "_storage": None}
