@@ -192,7 +192,7 @@ def test_killed_run_resumes_and_finishes_every_trial_once(tmp_path):
     """
     results = tmp_path / "results"
     args = ["budget", "--P", "20000", "--max-depth", "8", "--seeds", "2", "--lrs", "0.001", "--epochs", "4",
-            "--trials", "0",
+            "--trials", "0", "--population", "1",
             "--train-limit", "20000", "--eval-limit", "1000", "--results", str(results), "--name", "r"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     storage = ["--storage", f"file://{tmp_path}/shared"]

@@ -65,7 +65,7 @@ def test_killed_optuna_search_resumes_with_its_history_and_no_member_twice(tmp_p
     assert len(told_before) >= 2
 
     # the searcher's state poisoned, and a pickle beside it under the name earlier versions read: nothing runs
-    experiment, marker = run_dir / "tune" / "P20000-optuna", tmp_path / "ran"
+    experiment, marker = run_dir / "tune" / "P20000-search-k1", tmp_path / "ran"
     state = sorted(experiment.glob(STATE.format("*")))[-1]
     original = state.read_bytes()
     legacy = experiment / "searcher-state-2026-12-07_00-00-00.pkl"
