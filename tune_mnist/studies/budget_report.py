@@ -139,7 +139,7 @@ def answer(trials: pd.DataFrame, t: dict[str, pd.DataFrame]) -> str:
             r = decay.iloc[0]
             paragraphs.append(f"*Weight decay, tuned against tuned* (the best net with weight decay against the best "
                               f"without, each with its own lr): "
-                              f"{sentence(r, r['a'], r['b'], 'with weight decay', 'without')}.")
+                              f"{sentence(r, f'{r.a} with weight decay', f'{r.b} without', 'with', 'without')}.")
         elif len(decay):
             paragraphs.append(f"*Weight decay*: not compared: {decay.iloc[0]['note']}.")
     return "\n\n".join(paragraphs) or "No net trained to the end."
