@@ -59,6 +59,15 @@ def write(run_dir: Path, trials: pd.DataFrame, best: dict[str, Any]) -> dict[str
 # ----------------------------------------------------------------------------------------------------------------
 # Words
 
+def halving_words(s: dict) -> str:
+    """What successive halving did to the search's strata: with one member of each a population it stops none."""
+    if s["search_population"] // (2 * len(s["shapes"])) > 1:
+        return (f"successive halving (at epoch {s['prune_grace']}, then x{s['prune_factor']}) keeps the same share "
+                "of each, so each finishes as many")
+    return (f"with one member of each a population, successive halving stops none: every trial trains "
+            f"{s['epochs']} epochs")
+
+
 def sentence(row: pd.Series, a: str, b: str, short_a: str, short_b: str) -> str:
     """A comparison's verdict in test loss (naming the nets) and in test accuracy (short names), and where the two
     disagree."""
@@ -169,8 +178,7 @@ def method(settings: dict[str, Any], t: dict[str, pd.DataFrame]) -> str:
         f"populations of {s['search_population']} that share depth and activation. The members of every population "
         f"cycle through the shape families ({', '.join(s['shapes'])}) x weight decay (off, or tuned in "
         f"{s['weight_decay_range'][0]:g} to {s['weight_decay_range'][1]:g}), so each gets the same number of trials, "
-        f"and successive halving (at epoch {s['prune_grace']}, then x{s['prune_factor']}) keeps the same share of "
-        "each, so each finishes as many. At k = 1 every family is the one-layer net. Each trial trains with its own "
+        f"and {halving_words(s)}. At k = 1 every family is the one-layer net. Each trial trains with its own "
         "seed (its trial number); the best trial of each family at each depth, of each family at any depth, without "
         f"and with weight decay, and the {s['confirm_top']} best overall are chosen by its validation loss.",
         f"**Stage 3** trains each chosen configuration again on {s['confirm_seeds']} evaluation seeds "
