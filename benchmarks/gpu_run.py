@@ -7,10 +7,10 @@ command's output goes to logs/<name>.log; the run folders' reports, CSVs, profil
 logs go into one archive under $OUT (or --out); at the end each study's profile table is printed for the main job
 and scaling, then one summary line per command.
 
-On the device (the bundle's activate.sh installs Ray, Optuna and MNIST; the commands find the checkout's package
-themselves):
+On a GPU machine with the project's dependencies (installed, or on PYTHONPATH; the commands find the checkout's
+package themselves, installed or not):
 
-    source .devbundle/activate.sh || exit 1; python3 benchmarks/gpu_run.py
+    python benchmarks/gpu_run.py
 
     python benchmarks/gpu_run.py --smoke     # the same commands with --smoke and tiny benchmarks: a CPU check
 """
@@ -143,8 +143,8 @@ def main() -> int:
               f"python={platform.python_version()} host cores={os.cpu_count()} "
               f"gpu={gpu.stdout.strip() if gpu and gpu.returncode == 0 else 'none'} smoke={args.smoke}")
     print(header, flush=True)
-    # bytecode for what the device's bundle installs without it (pip --no-compile), as a pip install writes it: else
-    # every process compiles Ray's sources as it imports them, and start-up measures that
+    # bytecode for packages installed without it (pip --no-compile) or on PYTHONPATH, as a pip install writes it:
+    # else every process compiles Ray's sources as it imports them, and start-up measures that
     paths = [REPO / "tune_mnist", *map(Path, filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)))]
     started = time.time()
     subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", *map(str, set(paths))],
