@@ -1,4 +1,4 @@
-"""One GPU run of issue 29's table: every study's default command with --profile, then the benchmarks, in one go.
+"""One GPU run of the performance table: every study's default command with --profile, then the benchmarks, in one go.
 
 The main job first, then the others by what the table needs most; each command under its own time cap and all of
 them under one deadline, so that a slow one cannot eat the rest (a command past its cap gets Ctrl-C, as a user
