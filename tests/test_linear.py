@@ -121,8 +121,10 @@ def test_nothing_detected_is_worded_as_not_detected():
     trials = seeds_at(np.random.default_rng(3), 3, [1.0, 0.0])
     tests = answers.init_tests(trials, [1.0, 0.0]).assign(detected=False)
     text = answers.init_answer(tests, answers.init_summary(trials, [1.0, 0.0]))
-    assert text.startswith("No effect of the start is detected at n = 3 seeds by test loss, test accuracy or "
-                           "training loss; that is not shown to be no effect")
+    assert text.startswith("No difference from PyTorch's init is detected at n = 3 seeds by test loss, test "
+                           "accuracy or training loss (not detected, not shown equal")
+    bullets = [line for line in text.splitlines() if line.startswith("- By ")]
+    assert len(bullets) == 3 and all("detected at n = 3 seeds" in line and "95% CI" in line for line in bullets)
 
 
 # ----------------------------------------------------------------------------------------------------------------

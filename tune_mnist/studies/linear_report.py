@@ -143,8 +143,9 @@ def init_answer(tests: pd.DataFrame, summary: pd.DataFrame) -> str:
     which = [METRICS[m][0] for m in METRICS if m in set(detected["metric"])]
     opening = (f"The start matters by {', '.join(which)}: a difference from {init_name(tests['reference'].iloc[0])} "
                "is detected there." if which else
-               f"No effect of the start is detected at n = {int(tests['n'].min())} seeds by test loss, test accuracy "
-               "or training loss; that is not shown to be no effect (the power is stated with each test).")
+               f"No difference from {init_name(tests['reference'].iloc[0])} is detected at n = "
+               f"{int(tests['n'].min())} seeds by test loss, test accuracy or training loss (not detected, not shown "
+               "equal: each comparison below gives its 95% CI and the difference the run could detect).")
     lines = [opening, ""]
     for metric, (words, _) in METRICS.items():
         lines.append(f"- By {words}: " + "; ".join(sentence(r) for _, r in tests[tests["metric"] == metric].iterrows())
