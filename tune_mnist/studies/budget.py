@@ -76,11 +76,6 @@ class Settings(Common):
     ablations: NonNegativeInt
 
 
-def strata(s: Settings) -> int:
-    """The search's strata: each shape family with weight decay off and on."""
-    return len(s.shapes) * len(design.DECAY)
-
-
 def check(s: Settings) -> None:
     for P in s.P:
         require(P >= closed_form.MIN_P, f"P={P} is too small: the smallest MLP (k=1, m=1) has {closed_form.MIN_P} "
@@ -91,9 +86,10 @@ def check(s: Settings) -> None:
         require(os.path.isfile(os.path.join(s.linear_run, "trials.csv")),
                 f"--linear-run {s.linear_run}: not a finished linear run (it has no trials.csv)")
     require("uniform" in s.shapes, "--shapes must include uniform: every shape is compared with it")
+    strata = design.strata(s.shapes)
     for name in ("trials", "search_population"):
-        require(getattr(s, name) % strata(s) == 0,
-                f"--{name.replace('_', '-')} must be a multiple of {strata(s)} ({len(s.shapes)} shape families x "
+        require(getattr(s, name) % strata == 0,
+                f"--{name.replace('_', '-')} must be a multiple of {strata} ({len(s.shapes)} shape families x "
                 f"weight decay off and on), so that each gets the same number of trials; got {getattr(s, name)}")
     for name in ("ratio", "lr_range", "weight_decay_range"):
         low, high = getattr(s, name)

@@ -9,6 +9,7 @@ the confirmation trains the chosen configurations again on evaluation seeds, whi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -34,6 +35,11 @@ def config_id(P: int, k: int, number: int) -> str:
     """A search trial's name, which its confirmation rows carry in `config`."""
     return f"P{P}-k{k}-{number}"
 
+
+
+def strata(shapes: Sequence[str]) -> int:
+    """The search's strata: each shape family with weight decay off and on."""
+    return len(shapes) * len(DECAY)
 
 def finished(trials: pd.DataFrame) -> pd.DataFrame:
     """Members that trained to the end."""

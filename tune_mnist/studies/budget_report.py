@@ -61,7 +61,7 @@ def write(run_dir: Path, trials: pd.DataFrame, best: dict[str, Any]) -> dict[str
 
 def halving_words(s: dict) -> str:
     """What successive halving did to the search's strata: with one member of each a population it stops none."""
-    if s["search_population"] // (2 * len(s["shapes"])) > 1:
+    if s["search_population"] // design.strata(s["shapes"]) > 1:
         return (f"successive halving (at epoch {s['prune_grace']}, then x{s['prune_factor']}) keeps the same share "
                 "of each, so each finishes as many")
     return (f"with one member of each a population, successive halving stops none: every trial trains "
